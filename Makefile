@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test benchmark clean
+
+# The virtual environment, installed from the pinned lock file (torch and torchvision come from
+# local wheels where pip finds them; see ../shared/DESIGN.md).
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	# torchattacks is only an independent cross-check in the tests; its own pins would clash.
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/ieskips demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/ie_overhead.py
+
+clean:
+	rm -rf $(VENV)

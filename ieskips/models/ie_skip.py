@@ -1,0 +1,99 @@
+"""Implicit Euler skip connection: Alg. 1 of Li, He & Lin (ICML 2020).
+
+The explicit step ``x = x_prev + f(x_prev)`` is corrected by ``steps`` gradient-descent steps on the
+implicit-Euler residual ``r(x) = ||x - x_prev - f(x)||^2`` (summed over all elements, so each
+sample's update is its own gradient, independent of the batch size):
+
+    grad r(x) = 2 (e - J_f(x)^T e),   e = x - x_prev - f(x)
+
+``J_f(x)^T e`` is one vector-Jacobian product of the residual branch, so a step costs one forward
+and one input-gradient backward of ``f``; no parameter gradient is computed inside the loop.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..errors import check_choice, check_range
+
+INNER_GRAD_MODES = ("detached", "unrolled")
+
+
+class IESkip(nn.Module):
+    """Alg. 1 around any residual branch ``f``; ``steps=0`` is the vanilla skip ``x + f(x)``.
+
+    inner_grad:
+        ``"detached"``: the inner gradient is a constant for backprop (what the authors' public code
+        does), so the block back-propagates like ``x_prev + f(x_prev)`` evaluated at the corrected
+        output. ``"unrolled"``: backprop differentiates through every inner step (second order).
+    The forward values are identical in both modes; only gradients differ. Works under
+    ``torch.no_grad()`` (the inner loop turns autograd on locally) and in eval mode. With BatchNorm
+    inside ``f``, running statistics are updated once per forward, by the explicit step only.
+    """
+
+    def __init__(self, residual: nn.Module, steps: int, step_size: float, inner_grad: str = "detached"):
+        super().__init__()
+        check_range("ie_steps", steps, 0)
+        check_range("ie_step_size", step_size, 0)
+        check_choice("inner_grad", inner_grad, INNER_GRAD_MODES)
+        self.residual = residual
+        self.steps = int(steps)
+        self.step_size = float(step_size)
+        self.inner_grad = inner_grad
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, step_size={self.step_size}, inner_grad={self.inner_grad!r}"
+
+    def forward(self, x_prev: torch.Tensor) -> torch.Tensor:
+        x = x_prev + self.residual(x_prev)
+        if self.steps == 0:
+            return x
+        with _running_stats_frozen(self.residual):
+            if self.inner_grad == "unrolled" and torch.is_grad_enabled() and x.requires_grad:
+                for _ in range(self.steps):
+                    x = x - self.step_size * self._unrolled_gradient(x, x_prev)
+                return x
+            # Detached: the correction is a constant for backprop, so iterate on plain tensors
+            # (in place, no graph kept) and subtract the total correction from the explicit step.
+            corrected, x_prev = x.detach().clone(), x_prev.detach()
+            for _ in range(self.steps):
+                self._detached_step_(corrected, x_prev)
+        return x - (x.detach() - corrected)
+
+    def _unrolled_gradient(self, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+        """grad_x ||x - x_prev - f(x)||^2 with its graph (create_graph), so backprop unrolls it."""
+        fx = self.residual(x)
+        err = x - x_prev - fx
+        (jt_err,) = torch.autograd.grad(fx, x, grad_outputs=err, create_graph=True)
+        return 2 * (err - jt_err)
+
+    def _detached_step_(self, x: torch.Tensor, x_prev: torch.Tensor) -> None:
+        """One step of Alg. 1 on ``x`` in place; only the input-gradient of ``f`` is computed."""
+        x_in = x.detach().requires_grad_()
+        with torch.enable_grad():
+            fx = self.residual(x_in)
+        with torch.no_grad():
+            err = torch.sub(x, x_prev).sub_(fx)
+        (jt_err,) = torch.autograd.grad(fx, x_in, grad_outputs=err)
+        with torch.no_grad():
+            x.sub_(err.sub_(jt_err), alpha=2 * self.step_size)
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """Inner-step forwards in train mode use batch statistics without updating the running ones.
+
+    Switching tracking off (rather than restoring the buffers afterwards) matters: an in-place
+    update would bump the version of buffers the explicit step saved for backward.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
