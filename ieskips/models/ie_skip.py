@@ -97,3 +97,27 @@ def _running_stats_frozen(module: nn.Module):
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def inner_grad_mode(model: nn.Module, mode: str):
+    """Switch every IE-Skip in ``model`` to ``mode`` for the length of the block, weights untouched.
+
+    Forward values are the same in both modes; only gradients differ. An attack run under
+    ``inner_grad_mode(model, "unrolled")`` differentiates through the inner steps even when the model
+    was trained detached: a large gap between the two is the sign of masked gradients.
+    """
+    check_choice("inner_grad", mode, INNER_GRAD_MODES)
+    skips = [m for m in model.modules() if isinstance(m, IESkip)]
+    saved = [m.inner_grad for m in skips]
+    for m in skips:
+        m.inner_grad = mode
+    try:
+        yield model
+    finally:
+        for m, old in zip(skips, saved):
+            m.inner_grad = old
+
+
+def has_ie_skips(model: nn.Module) -> bool:
+    return any(isinstance(m, IESkip) and m.steps > 0 for m in model.modules())

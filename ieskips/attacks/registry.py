@@ -1,0 +1,53 @@
+"""Attack registry: ``@register_attack(name)`` classes and ``build_attack(spec)``."""
+from __future__ import annotations
+
+import inspect
+import warnings
+
+from ..errors import ConfigError, check_choice
+
+_ATTACKS: dict[str, type] = {}
+
+
+def register_attack(name: str):
+    def decorate(cls):
+        if name in _ATTACKS:
+            warnings.warn(f"attack {name!r} registered twice; the later class wins", stacklevel=2)
+        _ATTACKS[name] = cls
+        return cls
+    return decorate
+
+
+def list_attacks() -> list[str]:
+    return sorted(_ATTACKS)
+
+
+def build_attack(spec: dict, **objects):
+    """Build an attack from a plain dict such as ``{"name": "pgd", "eps": 8/255, "steps": 20}``.
+
+    ``objects`` supplies what a dict cannot hold (``source_model`` for ``transfer``, whose inner attack
+    is itself a spec under ``"attack"``).
+    """
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    check_choice("attack", name, _ATTACKS)
+    cls = _ATTACKS[name]
+    if name == "transfer":
+        if "source_model" not in objects:
+            raise ConfigError("a transfer attack needs a source model (its 'source' key names the checkpoint)")
+        return cls(objects["source_model"], build_attack(spec.pop("attack", {"name": "fgsm"})))
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} for attack {name!r}; valid keys: {', '.join(allowed)}")
+    return cls(**spec)
+
+
+def attack_label(spec: dict) -> str:
+    """A short metric name for an attack spec: ``fgsm``, ``pgd20``, ``pgd20_cw_unrolled``, ``cw_l2``."""
+    label = spec["name"] + (str(spec["steps"]) if "steps" in spec and spec["name"] == "pgd" else "")
+    if spec.get("loss", "ce") != "ce":
+        label += f"_{spec['loss']}"
+    if spec.get("inner_grad"):
+        label += f"_{spec['inner_grad']}"
+    return label

@@ -1,0 +1,130 @@
+"""TrialConfig: everything that decides one trial, typed, validated and frozen.
+
+A YAML file sets it, ``--set key=value`` overrides it, and the resolved config is saved with every
+run and inside every checkpoint. A trial's behaviour is decided by its TrialConfig alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, check_choice
+
+# The paper's schedules (Section 5): SGD, momentum 0.9, weight decay 5e-4, lr / 5 at the milestones.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar": {"epochs": 180, "lr": 0.05, "milestones": [80, 120, 160], "lr_factor": 0.2, "batch_size": 128},
+    # MNIST: 35 epochs (Section 5.2); the paper gives no milestones for it, these are ours.
+    "mnist": {"epochs": 35, "lr": 0.05, "milestones": [15, 25, 30], "lr_factor": 0.2, "batch_size": 128},
+}
+
+
+class TrialConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    # --- model
+    model: str = "preact_resnet18"  # registry name (ieskips.models.list_models())
+    width: Optional[int] = Field(8, ge=1)  # initial width: 8 MNIST/digits, 16 CIFAR, 160 WRN-34-10
+    ie_steps: int = Field(0, ge=0)  # K, inner gradient steps per IE-Skip; 0 = vanilla ResNet
+    ie_step_size: float = Field(0.05, ge=0)  # gamma, the inner step size (paper: 0.05 or 0.1)
+    inner_grad: Literal["detached", "unrolled"] = "detached"  # how backprop treats the inner steps
+    norm: Literal["group", "batch"] = "group"  # GroupNorm(1, C) keeps samples independent
+    # --- data
+    dataset: Literal["digits", "mnist", "cifar10", "cifar100", "fake"] = "digits"  # digits ships with sklearn
+    data_dir: str = "data"  # where torchvision's files are (or go, with download)
+    download: bool = False  # fetch missing files; off, because most cluster nodes have no internet
+    train_subset: Optional[int] = Field(None, ge=1)  # seeded subset for smoke runs; None = all
+    test_subset: Optional[int] = Field(None, ge=1)  # seeded subset of the test set for the final evaluation
+    eval_subset: Optional[int] = Field(256, ge=1)  # test examples attacked after each epoch (attacks are slow)
+    augment: bool = True  # CIFAR: random crop (padding 4) and horizontal flip, as in the paper
+    # --- training method
+    method: Literal["natural", "fgsm", "pgd", "trades"] = "natural"  # the paper's four regimes
+    train_eps: float = Field(8 / 255, ge=0, le=1)  # L-inf radius of training attacks (MNIST FGSM: 0.15)
+    train_alpha: float = Field(2 / 255, gt=0, le=1)  # PGD / TRADES step during training
+    train_steps: int = Field(10, ge=1)  # PGD-k / TRADES inner steps (paper: 3 or 10)
+    trades_beta: float = Field(6.0, ge=0)  # TRADES 1/lambda (Zhang et al. 2019 use 6)
+    # --- optimisation (defaults: the paper's CIFAR schedule; see PRESETS)
+    epochs: int = Field(180, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    milestones: tuple[int, ...] = (80, 120, 160)  # epochs after which lr is multiplied by lr_factor
+    lr_factor: float = Field(0.2, gt=0, le=1)  # the paper divides by 5
+    # --- evaluation
+    eval_attacks: tuple[dict, ...] = (  # attack specs for ieskips.attacks.build_attack
+        {"name": "fgsm", "eps": 8 / 255},
+        {"name": "pgd", "eps": 8 / 255, "alpha": 1 / 255, "steps": 20},
+    )
+    # --- run
+    seed: int = 0  # seeds torch, the data order and the attacks' random starts
+    device: str = "auto"  # "auto" = the GPU when one is visible (Ray sets which), else CPU
+    bf16: bool = False  # bf16 autocast on GPU for long WRN runs; off: exact fp32 by default
+    channels_last: bool = False  # memory format that speeds convolutions on recent GPUs
+    checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
+    num_workers: int = Field(0, ge=0)  # data loader processes; 0 keeps runs reproducible on CPU
+    paper_table: Optional[str] = None  # which table/figure of the paper the run belongs to (a tag)
+
+    @model_validator(mode="after")
+    def _names_exist(self):
+        from .attacks import build_attack, list_attacks
+        from .models import list_models
+
+        check_choice("model", self.model, list_models())
+        for spec in self.eval_attacks:
+            check_choice("attack", spec.get("name"), list_attacks())
+            if spec["name"] != "transfer":
+                build_attack(spec)  # validates keys and ranges now, not after an epoch of training
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrialConfig":
+        """Validate ``values`` (a ``preset`` key fills in that schedule first); one-line ConfigError."""
+        values = dict(values)
+        preset = values.pop("preset", None)
+        if preset is not None:
+            check_choice("preset", preset, PRESETS)
+            values = {**PRESETS[preset], **values}
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            if not first["loc"] and "error" in first.get("ctx", {}):  # raised by _names_exist
+                raise ConfigError(f"trial config: {first['ctx']['error']}") from None
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            extra = f"; valid keys: {', '.join(cls.model_fields)}" if first["type"] == "extra_forbidden" else ""
+            raise ConfigError(f"trial config key {where!r}: {first['msg']} (got {first.get('input')!r}){extra}") from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def parse_overrides(pairs) -> dict:
+    """``["ie_steps=2", "lr=0.1"]`` -> ``{"ie_steps": 2, "lr": 0.1}``; values are read as YAML scalars."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides=()) -> TrialConfig:
+    """A YAML file (optional) plus ``key=value`` overrides -> a validated TrialConfig."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return TrialConfig.from_dict({**values, **parse_overrides(overrides)})

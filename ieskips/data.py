@@ -1,0 +1,106 @@
+"""Data sets: digits (embedded default), mnist, cifar10, cifar100 (torchvision, from disk), fake.
+
+Images come out as float tensors in [0, 1]; the model normalises them itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .errors import ConfigError, check_choice
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+INFO = {
+    "digits": DataInfo(10, 1, 8),
+    "mnist": DataInfo(10, 1, 28),
+    "cifar10": DataInfo(10, 3, 32),
+    "cifar100": DataInfo(100, 3, 32),
+    "fake": DataInfo(10, 3, 32),
+}
+DATASETS = tuple(INFO)
+HOW_TO_GET = ("run once with download: true on a machine with internet (or copy the torchvision "
+              "files there)")
+
+
+def _digits(train: bool) -> Dataset:
+    """scikit-learn's 1797 handwritten 8x8 digits; a fixed 80/20 split, independent of any seed."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(labels))
+    idx = order[:cut] if train else order[cut:]
+    return TensorDataset(images[idx], labels[idx])
+
+
+def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bool) -> Dataset:
+    from torchvision import datasets, transforms
+
+    steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if (
+        augment and train and name.startswith("cifar")) else []
+    transform = transforms.Compose(steps + [transforms.ToTensor()])
+    cls = {"mnist": datasets.MNIST, "cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
+    try:
+        return cls(str(root), train=train, download=download, transform=transform)
+    except RuntimeError as err:  # torchvision: "Dataset not found ..."
+        raise ConfigError(f"{name} not found under {root.resolve()}; {HOW_TO_GET}") from err
+
+
+def _files_present(self) -> bool:
+    # torchvision checks each file's MD5; presence is enough to load, and keeps start-up fast.
+    base = Path(self.root) / self.base_folder
+    return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
+
+
+def _cifar_classes():
+    from torchvision import datasets
+
+    cifar10 = type("_CIFAR10", (datasets.CIFAR10,), {"_check_integrity": _files_present})
+    cifar100 = type("_CIFAR100", (datasets.CIFAR100,), {"_check_integrity": _files_present})
+    return cifar10, cifar100
+
+
+_CIFAR10, _CIFAR100 = _cifar_classes()
+
+
+def _fake(train: bool, size: int = 512) -> Dataset:
+    from torchvision import datasets, transforms
+
+    return datasets.FakeData(size, (3, 32, 32), 10, transforms.ToTensor(), random_offset=0 if train else size)
+
+
+def load_dataset(name: str, train: bool, *, root: str | Path = "data", download: bool = False,
+                 augment: bool = True) -> Dataset:
+    check_choice("dataset", name, DATASETS)
+    if name == "digits":
+        return _digits(train)
+    if name == "fake":
+        return _fake(train)
+    return _torchvision(name, Path(root), train, download, augment)
+
+
+def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """The first ``size`` examples of a seeded permutation (all of them when ``size`` is None)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:size].tolist())
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
+    """A loader whose shuffling follows its own seeded generator (reproducible, resumable)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, drop_last=False)

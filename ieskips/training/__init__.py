@@ -1,0 +1,6 @@
+"""Training: methods (natural, FGSM-AT, PGD-AT, TRADES), checkpoints and the trial loop."""
+from .checkpoint import load_checkpoint, save_checkpoint
+from .methods import METHODS
+from .trainer import Trial, TrainingDiverged, resolve_device, train
+
+__all__ = ["METHODS", "Trial", "TrainingDiverged", "load_checkpoint", "resolve_device", "save_checkpoint", "train"]

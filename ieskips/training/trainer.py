@@ -1,0 +1,143 @@
+"""One trial: TrialConfig -> trained model, per-epoch metrics through a callback, checkpoints.
+
+A plain function of its config, so that it runs alone (``ieskips train``) and inside a Ray Tune
+trial alike. Resuming from a checkpoint continues exactly: model, optimizer, scheduler, the global
+RNG and the data order's RNG are all restored, so on CPU a resumed run ends with the same metrics.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..attacks import attack_label, build_attack
+from ..config import TrialConfig
+from ..data import INFO, load_dataset, make_loader, subset
+from ..evaluation import evaluate
+from ..models import build_model
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .methods import METHODS
+
+EpochCallback = Callable[[int, dict, Optional[Path]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite (a large ie_step_size or lr can do this)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Trial:
+    """Everything a running trial holds; built from the config alone."""
+
+    config: TrialConfig
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    attacks: dict
+    epoch: int = 0
+
+    @classmethod
+    def build(cls, config: TrialConfig) -> "Trial":
+        torch.manual_seed(config.seed)
+        device = resolve_device(config.device)
+        info = INFO[config.dataset]
+        data = dict(root=config.data_dir, download=config.download, augment=config.augment)
+        train_set = subset(load_dataset(config.dataset, True, **data), config.train_subset, config.seed)
+        # Test subsets use one fixed seed, so every trial of a sweep is scored on the same examples.
+        test_set = subset(load_dataset(config.dataset, False, **data), config.test_subset, 0)
+        eval_set = subset(test_set, config.eval_subset, 0)
+        model = build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                            width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
+                            inner_grad=config.inner_grad, norm=config.norm).to(device)
+        if config.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.lr_factor)
+        loader = lambda ds, shuffle: make_loader(ds, config.batch_size, shuffle=shuffle, seed=config.seed,  # noqa: E731
+                                                 num_workers=config.num_workers)
+        attacks = {attack_label(spec): build_attack(spec) for spec in config.eval_attacks}
+        return cls(config, device, model, optimizer, scheduler, loader(train_set, True), loader(eval_set, False),
+                   loader(test_set, False), attacks)
+
+    def state(self) -> dict:
+        state = {"epoch": self.epoch, "config": self.config.to_dict(), "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "data_rng": self.train_loader.generator.get_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.train_loader.generator.set_state(state["data_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.epoch = int(state["epoch"])
+
+    def train_epoch(self, show: bool) -> dict:
+        config, model = self.config, self.model
+        step = METHODS[config.method]
+        autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.bf16 and self.device.type == "cuda")
+        model.train()
+        loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        for images, labels in tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", disable=not show, leave=False):
+            images, labels = images.to(self.device), labels.to(self.device)
+            with autocast:
+                loss, logits = step(model, images, labels, config)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"diverged at epoch {self.epoch + 1}: training loss is {loss.item()} "
+                                       f"(ie_step_size={config.ie_step_size}, lr={config.lr}; try smaller values)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        seconds = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr, "epoch_time": seconds,
+                "images_per_sec": seen / seconds}
+
+
+def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
+          resume_from: str | Path | None = None, progress: bool | None = None) -> dict:
+    """Train one trial; returns the final metrics on the whole (or ``test_subset``) test set.
+
+    After each epoch ``on_epoch(epoch, metrics, checkpoint_path_or_None)`` is called with train loss
+    and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed.
+    """
+    show = sys.stderr.isatty() if progress is None else progress
+    trial = Trial.build(config)
+    if resume_from is not None:
+        trial.load_state(load_checkpoint(resume_from))
+    while trial.epoch < config.epochs:
+        metrics = trial.train_epoch(show)
+        metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
+        path = None
+        if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):
+            path = save_checkpoint(trial.state(), Path(checkpoint_dir) / CHECKPOINT_NAME)
+        if on_epoch is not None:
+            on_epoch(trial.epoch, metrics, path)
+    final = evaluate(trial.model, trial.test_loader, trial.attacks, trial.device, progress=show)
+    return {f"final/{k}": v for k, v in final.items()}

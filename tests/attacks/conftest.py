@@ -1,0 +1,38 @@
+import pytest
+import torch
+from torch import nn
+
+from ieskips.models import build_model
+
+
+@pytest.fixture
+def ie_model():
+    torch.manual_seed(0)
+    return build_model("preact_resnet18", in_channels=1, width=2, num_classes=10, ie_steps=1, ie_step_size=0.1)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(6, 1, 16, 16, generator=g), torch.randint(0, 10, (6,), generator=g)
+
+
+class Linear(nn.Module):
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+@pytest.fixture
+def linear_problem():
+    """An honest 3-class linear model on 1x4x4 inputs and points it classifies right."""
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(3, 16, generator=g)
+    model = Linear(weight, -0.5 * weight.sum(1))  # logits 0 at the grey image: small margins around it
+    x = 0.4 + 0.2 * torch.rand(60, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
