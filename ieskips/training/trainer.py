@@ -121,14 +121,16 @@ class Trial:
 
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
-          resume_from: str | Path | None = None, progress: bool | None = None) -> dict:
+          resume_from: str | Path | None = None, progress: bool | None = None, trial: Trial | None = None) -> dict:
     """Train one trial; returns the final metrics on the whole (or ``test_subset``) test set.
 
     After each epoch ``on_epoch(epoch, metrics, checkpoint_path_or_None)`` is called with train loss
     and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed.
+    ``trial`` may be built beforehand (``Trial.build(config)``) so that a caller fails on missing data
+    before it opens a run anywhere.
     """
     show = sys.stderr.isatty() if progress is None else progress
-    trial = Trial.build(config)
+    trial = trial or Trial.build(config)
     if resume_from is not None:
         trial.load_state(load_checkpoint(resume_from))
     while trial.epoch < config.epochs:

@@ -1,0 +1,56 @@
+"""The ``ieskips`` command. Errors a user can cause print one line on stderr and exit with code 2,
+before anything is started or written."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ieskips.errors import ConfigError
+
+log = logging.getLogger("ieskips")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ieskips", description="Implicit Euler skip connections: train, "
+                                     "attack, sweep and report (Li, He & Lin, ICML 2020).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one trial locally and log it to MLflow")
+    train.add_argument("--config", help="trial config YAML (keys of ieskips.config.TrialConfig)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+    _tracking_args(train)
+    train.add_argument("--out", default="runs", help="directory for checkpoints (default: runs/)")
+    evaluate = sub.add_parser("evaluate", help="attack a checkpoint; --audit runs the gradient-masking audit")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--attack", action="append", default=[], metavar="SPEC",
+                          help="attack as YAML, e.g. '{name: pgd, eps: 0.031, steps: 100}' (repeatable; "
+                               "default: the config's eval_attacks)")
+    evaluate.add_argument("--audit", action="store_true", help="run the gradient-masking audit too")
+    evaluate.add_argument("--subset", type=int, default=None, help="evaluate on this many test examples")
+    demo = sub.add_parser("demo", help="vanilla vs IE-ResNet on the digits set, side by side")
+    demo.add_argument("--epochs", type=int, default=8)
+    _tracking_args(demo)
+    return parser
+
+
+def _tracking_args(parser):
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--experiment", default="ieskips", help="MLflow experiment name")
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    from . import commands  # heavy imports only after the arguments parse
+
+    try:
+        return getattr(commands, args.command)(args) or 0
+    except ConfigError as err:
+        print(f"ieskips: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The trainer: every method, exact resume, divergence, bad configs."""
+import pytest
+import torch
+
+from ieskips.config import TrialConfig, load_config
+from ieskips.errors import ConfigError
+from ieskips.training import TrainingDiverged, load_checkpoint, train
+
+pytestmark = pytest.mark.unit
+SMALL = {"dataset": "digits", "width": 4, "epochs": 1, "batch_size": 64, "train_subset": 256, "test_subset": 64,
+         "eval_subset": 32, "milestones": [], "train_steps": 2,
+         "eval_attacks": [{"name": "fgsm", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 3}]}
+
+
+@pytest.mark.parametrize("method", ["natural", "fgsm", "pgd", "trades"])
+def test_each_method_trains_one_epoch(method):
+    seen = []
+    final = train(TrialConfig.from_dict({**SMALL, "method": method, "ie_steps": 1}),
+                  on_epoch=lambda e, m, p: seen.append((e, m)), progress=False)
+    epoch, metrics = seen[0]
+    assert epoch == 1 and {"train_loss", "train_acc", "natural_acc", "robust_acc/fgsm", "robust_acc/pgd3", "lr",
+                           "epoch_time", "images_per_sec"} <= set(metrics)
+    assert 0 <= final["final/robust_acc/worst"] <= final["final/natural_acc"] <= 1
+
+
+def test_resume_gives_identical_metrics(tmp_path):
+    config = TrialConfig.from_dict({**SMALL, "epochs": 3, "ie_steps": 1, "method": "pgd", "milestones": [1]})
+    straight = []
+    final = train(config, on_epoch=lambda e, m, p: straight.append(m), progress=False)
+    stopped = TrialConfig.from_dict({**config.to_dict(), "epochs": 3})
+    first = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics, path):
+        first.append(metrics)
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(stopped, on_epoch=stop_after_two, checkpoint_dir=tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    rest = []
+    resumed = train(stopped, on_epoch=lambda e, m, p: rest.append(m), checkpoint_dir=tmp_path,
+                    resume_from=tmp_path / "checkpoint.pt", progress=False)
+    drop = lambda m: {k: v for k, v in m.items() if k not in ("epoch_time", "images_per_sec")}  # noqa: E731
+    assert [drop(m) for m in first + rest] == [drop(m) for m in straight]
+    assert resumed == final
+
+
+def test_checkpoint_holds_the_resolved_config_and_loads_weights_only(tmp_path):
+    config = TrialConfig.from_dict({**SMALL, "ie_steps": 2})
+    train(config, checkpoint_dir=tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert TrialConfig.from_dict(state["config"]) == config
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_divergence_is_a_clear_error():
+    config = TrialConfig.from_dict({**SMALL, "lr": 1e6, "momentum": 0.0, "ie_steps": 1, "ie_step_size": 50.0})
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1"):
+        train(config, progress=False)
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"epochz": 3}, ["epochz", "valid keys"]),
+    ({"ie_steps": -1}, ["ie_steps", "greater than or equal to 0"]),
+    ({"method": "madry"}, ["method", "trades"]),
+    ({"dataset": "imagenet"}, ["dataset", "cifar10"]),
+    ({"model": "resnet18"}, ["unknown model", "preact_resnet18"]),
+    ({"eval_attacks": [{"name": "pgd", "eps": 2}]}, ["eps"]),
+    ({"preset": "imagenet"}, ["preset", "cifar"]),
+    ({"device": "tpu"}, ["device"]),
+])
+def test_bad_config_is_refused_with_one_line(values, words):
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_dict(values)
+    assert all(w in str(info.value) for w in words) and "\n" not in str(info.value)
+
+
+def test_yaml_file_with_overrides(tmp_path):
+    path = tmp_path / "trial.yaml"
+    path.write_text("preset: mnist\nie_steps: 1\n")
+    config = load_config(path, ["ie_steps=3", "lr=0.1"])
+    assert (config.epochs, config.ie_steps, config.lr) == (35, 3, 0.1)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(path, ["ie_steps"])
+    (tmp_path / "bad.yaml").write_text("ie_steps: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
