@@ -31,6 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="vanilla vs IE-ResNet on the digits set, side by side")
     demo.add_argument("--epochs", type=int, default=8)
     _tracking_args(demo)
+    sweep = sub.add_parser("sweep", help="run, resume or inspect a sweep on Ray Tune")
+    sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
+    run = sweep_sub.add_parser("run", help="run a sweep file")
+    run.add_argument("spec", help="sweep YAML (see sweeps/)")
+    run.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 (default: a local Ray)")
+    run.add_argument("--smoke", action="store_true", help="shrink the sweep to a minutes-long CPU run")
+    resume = sweep_sub.add_parser("resume", help="continue a sweep whose driver died")
+    resume.add_argument("name")
+    resume.add_argument("--storage", help="the sweep's storage path (default: ./ray_results)")
+    resume.add_argument("--address")
+    status = sweep_sub.add_parser("status", help="trials by state and the best so far")
+    status.add_argument("name")
+    status.add_argument("--storage")
     return parser
 
 
@@ -43,9 +56,11 @@ def _tracking_args(parser):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    from . import commands  # heavy imports only after the arguments parse
+    from . import commands, sweep_commands  # heavy imports only after the arguments parse
 
     try:
+        if args.command == "sweep":
+            return getattr(sweep_commands, args.sweep_command)(args) or 0
         return getattr(commands, args.command)(args) or 0
     except ConfigError as err:
         print(f"ieskips: error: {err}", file=sys.stderr)

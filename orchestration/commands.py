@@ -44,7 +44,6 @@ def run_logged(config: TrialConfig, *, tracking_uri: str | None, experiment: str
             mlflow.set_tag("diverged", str(err))
             mlflow.end_run("FAILED")
             raise
-        mlflow.log_metrics(_metric_names(final), step=config.epochs)
         mlflow.log_artifact(str(checkpoint_dir / "checkpoint.pt"))
         return {"run_id": run.info.run_id, **final}
 

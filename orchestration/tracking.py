@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Optional
 
 import yaml
 
@@ -53,3 +55,67 @@ def log_config_artifact(config: TrialConfig) -> None:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         mlflow.log_artifact(str(path))
+
+
+# --- sweeps: one parent run per sweep, one child run per trial, found again by tag (idempotent) -----
+
+SWEEP_TAG, ROLE_TAG, TRIAL_TAG = "ieskips.sweep", "ieskips.role", "ieskips.trial_id"
+EARLY_STOP_TAG = "ieskips.stopped_early"
+
+
+def _find(client, experiment_id: str, **tags) -> Optional[Any]:
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=2)
+    return runs[0] if runs else None
+
+
+def sweep_parent_run(client, experiment_id: str, sweep: str, tags: dict) -> str:
+    """The sweep's parent run: found by name if it exists (a resume), else created; left RUNNING."""
+    found = _find(client, experiment_id, **{SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
+    if found:
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
+    run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep", **tags})
+    return run.info.run_id
+
+
+def trial_run(client, experiment_id: str, parent_id: str, sweep: str, trial_id: str, name: str,
+              tags: dict) -> tuple[str, bool]:
+    """The trial's child run and whether it is new. A retry or a resumed sweep finds the same run."""
+    found = _find(client, experiment_id, **{TRIAL_TAG: trial_id, SWEEP_TAG: sweep})
+    if found:
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id, False
+    run = client.create_run(experiment_id, run_name=name, tags={
+        "mlflow.parentRunId": parent_id, SWEEP_TAG: sweep, ROLE_TAG: "trial", TRIAL_TAG: trial_id, **tags})
+    return run.info.run_id, True
+
+
+def last_logged_epoch(client, run_id: str) -> int:
+    """Epochs up to this one are already in the run (a retry re-trains them; log them once)."""
+    history = client.get_metric_history(run_id, "train_loss")
+    return max((m.step for m in history), default=0)
+
+
+def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items()])
+
+
+def close_trial_run(client, experiment_id: str, sweep: str, trial_id: str, status: str) -> None:
+    """End a trial's run that its own process could not end (stopped early, failed, killed).
+    ``status``: "stopped" (early stop by the scheduler) or an MLflow status such as "FAILED"."""
+    found = _find(client, experiment_id, **{TRIAL_TAG: trial_id, SWEEP_TAG: sweep})
+    if found is None or found.info.status != "RUNNING":
+        return
+    if status == "stopped":
+        client.set_tag(found.info.run_id, EARLY_STOP_TAG, "true")
+        status = "KILLED"
+    client.set_terminated(found.info.run_id, status)
+
+
+def sweep_trial_runs(client, experiment_id: str, sweep: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and "
+                              f"tags.`{ROLE_TAG}` = 'trial'", max_results=10000)

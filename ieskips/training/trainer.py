@@ -122,10 +122,11 @@ class Trial:
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
           resume_from: str | Path | None = None, progress: bool | None = None, trial: Trial | None = None) -> dict:
-    """Train one trial; returns the final metrics on the whole (or ``test_subset``) test set.
+    """Train one trial; returns the final metrics (``final/...``) on the whole (or ``test_subset``) test set.
 
     After each epoch ``on_epoch(epoch, metrics, checkpoint_path_or_None)`` is called with train loss
-    and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed.
+    and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed; the
+    last epoch's metrics also hold the final ones, so a caller can report everything at once.
     ``trial`` may be built beforehand (``Trial.build(config)``) so that a caller fails on missing data
     before it opens a run anywhere.
     """
@@ -133,13 +134,17 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     trial = trial or Trial.build(config)
     if resume_from is not None:
         trial.load_state(load_checkpoint(resume_from))
+    final = {}
     while trial.epoch < config.epochs:
         metrics = trial.train_epoch(show)
         metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
+        if trial.epoch == config.epochs:  # the final evaluation travels with the last epoch's report
+            final = evaluate(trial.model, trial.test_loader, trial.attacks, trial.device, progress=show)
+            final = {f"final/{k}": v for k, v in final.items()}
+            metrics.update(final)
         path = None
         if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):
             path = save_checkpoint(trial.state(), Path(checkpoint_dir) / CHECKPOINT_NAME)
         if on_epoch is not None:
             on_epoch(trial.epoch, metrics, path)
-    final = evaluate(trial.model, trial.test_loader, trial.attacks, trial.device, progress=show)
-    return {f"final/{k}": v for k, v in final.items()}
+    return final

@@ -1,0 +1,94 @@
+"""``ieskips sweep run | resume | status``."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ieskips.errors import ConfigError
+
+from .spec import check_cluster_storage, load_spec, smoke_spec
+from .tracking import resolve_tracking_uri
+
+log = logging.getLogger("ieskips")
+
+
+def _connect_ray(address: str | None):
+    """Join the cluster at ``address``, or start a local Ray; returns the number of alive nodes."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+        try:
+            ray.init(address=address, include_dashboard=False if address is None else None,
+                     log_to_driver=False, configure_logging=False)
+        except ConnectionError as err:
+            raise ConfigError(f"cannot reach the Ray cluster at {address}: {err}") from None
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def run(args) -> int:
+    from . import tuner
+
+    spec = load_spec(args.spec)
+    if args.smoke:
+        spec = smoke_spec(spec)
+    tracking_uri = resolve_tracking_uri(spec.tracking_uri)
+    folder = Path(tuner.experiment_dir(spec))
+    if "://" not in tuner.experiment_dir(spec) and folder.exists():
+        raise ConfigError(f"sweep {spec.name!r} already exists at {folder}; `ieskips sweep resume {spec.name}` "
+                          "continues it, or rename the sweep")
+    if args.address:
+        check_cluster_storage(spec, tracking_uri, _connect_ray(args.address))
+    tracking = tuner.prepare(spec, tracking_uri)
+    tuner.save_state(spec, tracking)
+    _connect_ray(args.address)
+    results = tuner.build_tuner(spec, tracking).fit()
+    return _summarise(tuner.finish(spec, tracking, results), results, spec)
+
+
+def resume(args) -> int:
+    from ray import tune
+
+    from . import tuner
+
+    spec, tracking, path = tuner.load_state(args.name, args.storage)
+    _connect_ray(args.address)
+    tuner.prepare(spec, tracking["tracking_uri"])  # the parent run is RUNNING again
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"sweep {args.name!r} at {path} has no state to resume from")
+    restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
+                                  resume_unfinished=True, resume_errored=True)
+    results = restored.fit()
+    return _summarise(tuner.finish(spec, tracking, results), results, spec)
+
+
+def status(args) -> int:
+    from ray.tune import ExperimentAnalysis
+
+    from . import tuner
+
+    spec, _, path = tuner.load_state(args.name, args.storage)
+    metric, mode = spec.metric
+    analysis = ExperimentAnalysis(path, default_metric=metric, default_mode=mode)
+    counts = {}
+    for trial in analysis.trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    print(f"sweep {spec.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    finished = [t for t in analysis.trials if t.last_result and metric in t.last_result]
+    if finished:
+        pick = max if mode == "max" else min
+        best = pick(finished, key=lambda t: t.last_result[metric])
+        print(f"best so far: {best.trial_id} {metric}={best.last_result[metric]:.4f} {best.config}")
+    return 0
+
+
+def _summarise(summary: dict, results, spec) -> int:
+    metric, _ = spec.metric
+    for result in results:
+        config = {k: v for k, v in (result.config or {}).items()}
+        value = (result.metrics or {}).get(f"final/{metric}", (result.metrics or {}).get(metric))
+        state = "ERROR" if result.error else "ok"
+        print(f"{state:<6}{config}  {metric}={value if value is None else round(value, 4)}")
+    print(f"sweep {spec.name}: {summary['trials']} trials, {summary['errors']} errors")
+    return 1 if summary["errors"] else 0
