@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ieskips.errors import ConfigError
@@ -18,7 +17,6 @@ def _connect_ray(address: str | None):
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
         try:
             ray.init(address=address, include_dashboard=False if address is None else None,
                      log_to_driver=False, configure_logging=False)

@@ -55,19 +55,29 @@ def _distribution(dist):
     return (tune.loguniform if dist.type == "loguniform" else tune.uniform)(dist.low, dist.high)
 
 
+def _centre(dist):
+    """Where an enqueued grid point sets a searched key (Optuna needs every key in a point)."""
+    if dist.type == "choice":
+        return dist.values[0]
+    if dist.type == "int":
+        return int(round((dist.low + dist.high) / 2))
+    return (dist.low * dist.high) ** 0.5 if dist.type == "loguniform" else (dist.low + dist.high) / 2
+
+
 def _search_setup(spec: SweepSpec):
     """param_space, search algorithm and number of samples.
 
     Grid only: Tune's grid. With a search: Optuna over the searched keys and the grid keys as
-    categories, every grid point enqueued first, so each is run at least once (OptunaSearch cannot
-    take a grid_search)."""
+    categories, every grid point enqueued first (searched keys at the centre of their range), so each
+    is run at least once (OptunaSearch cannot take a grid_search)."""
     if spec.search is None:
         return {k: tune.grid_search(v) for k, v in spec.grid.items()}, None, 1
     from ray.tune.search.optuna import OptunaSearch
 
     space = {k: _distribution(d) for k, d in spec.search.params.items()}
     space.update({k: tune.choice(v) for k, v in spec.grid.items()})
-    points = spec.grid_points() if spec.grid else None
+    centre = {k: _centre(d) for k, d in spec.search.params.items()}
+    points = [{**centre, **point} for point in spec.grid_points()] if spec.grid else None
     searcher = OptunaSearch(points_to_evaluate=points, seed=spec.search.seed, study_name=spec.name)
     return space, searcher, max(spec.search.samples, len(points or ()))
 

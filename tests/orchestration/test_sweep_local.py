@@ -1,0 +1,85 @@
+"""Sweeps on a local Ray: the smoke sweep, Optuna with ASHA, and a driver killed mid-sweep."""
+import os
+import signal
+
+import pytest
+
+from .helpers import cli, ray_env, runs, wait_for, write_spec
+
+pytestmark = pytest.mark.integration
+
+
+def finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_smoke_sweep_one_finished_child_run_per_trial(tmp_path):
+    spec = write_spec(tmp_path)
+    code, out = finish(cli("sweep", "run", str(spec), cwd=tmp_path, env=ray_env()))
+    assert code == 0, out[-3000:]
+    client, parents, trials = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "ieskips-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    assert {(r.data.params["ie_steps"], r.data.params["method"]) for r in trials} == {
+        ("0", "natural"), ("1", "natural"), ("0", "fgsm"), ("1", "fgsm")}
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "robust_acc/pgd10")] == [1, 2]
+        assert "final/robust_acc/worst" in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "manifest.json"} <= artifacts
+    manifest = client.download_artifacts(trials[0].info.run_id, "manifest.json", str(tmp_path))
+    assert '"commit"' in open(manifest).read()
+    status = cli("sweep", "status", "smoke", cwd=tmp_path, env=ray_env())
+    code, out = finish(status)
+    assert code == 0 and "4 TERMINATED" in out
+
+
+def test_optuna_with_asha_stops_trials_early_and_runs_them_concurrently(tmp_path):
+    spec = write_spec(tmp_path, name="asha", base={"epochs": 4, "train_subset": 256},
+                      search={"samples": 6, "seed": 1, "params": {"ie_step_size": {"type": "uniform", "low": 0.01,
+                                                                                 "high": 0.2}}},
+                      scheduler={"grace_period": 1, "reduction_factor": 2}, grid={"ie_steps": [0, 1]})
+    code, out = finish(cli("sweep", "run", str(spec), cwd=tmp_path, env=ray_env()))
+    assert code == 0, out[-3000:]
+    client, parents, trials = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "ieskips-smoke")
+    assert len(trials) == 6 and {r.data.params["ie_steps"] for r in trials} == {"0", "1"}
+    early = []
+    for run in trials:
+        epochs = len(client.get_metric_history(run.info.run_id, "train_loss"))
+        if epochs < 4:
+            early.append(run)
+            assert run.info.status == "KILLED" and run.data.tags["ieskips.stopped_early"] == "true"
+        else:
+            assert run.info.status == "FINISHED" and "ieskips.stopped_early" not in run.data.tags
+    assert early, "ASHA stopped no trial early"
+    spans = sorted((r.info.start_time, r.info.end_time) for r in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"
+
+
+def test_driver_killed_then_resumed_leaves_one_finished_run_per_trial(tmp_path):
+    spec = write_spec(tmp_path, name="resume", base={"epochs": 6}, max_concurrent=2)
+    env = ray_env()
+    driver = cli("sweep", "run", str(spec), cwd=tmp_path, env=env, start_new_session=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def some_trial_midway():
+        client, _, trials = runs(uri, "ieskips-smoke")
+        return any(len(client.get_metric_history(r.info.run_id, "train_loss")) >= 2 for r in trials)
+
+    wait_for(some_trial_midway, 300)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait(timeout=60)
+    _, _, before = runs(uri, "ieskips-smoke")
+    assert any(r.info.status == "RUNNING" for r in before)
+    code, out = finish(cli("sweep", "resume", "resume", cwd=tmp_path, env=env))
+    assert code == 0, out[-3000:]
+    client, parents, trials = runs(uri, "ieskips-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4 and len({r.data.tags["ieskips.trial_id"] for r in trials}) == 4
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert steps == list(range(1, 7)), steps
+    assert any("ieskips.resumed_from_epoch" in r.data.tags for r in trials)
