@@ -24,7 +24,9 @@ def run_logged(config: TrialConfig, *, tracking_uri: str | None, experiment: str
     import mlflow
 
     trial = Trial.build(config)  # fails on missing data before anything is written
-    experiment_id = connect(resolve_tracking_uri(tracking_uri), experiment)
+    uri = resolve_tracking_uri(tracking_uri)
+    experiment_id = connect(uri, experiment)
+    mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(flat_params(config))
         mlflow.set_tags(run_tags(config))

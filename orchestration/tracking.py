@@ -23,15 +23,33 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
 
 
 def connect(uri: str, experiment: str) -> str:
-    """Point MLflow at ``uri`` and make sure ``experiment`` exists; its id. Unreachable: ConfigError."""
-    import mlflow
+    """Make sure ``experiment`` exists in the store at ``uri``; its id. Unreachable: ConfigError.
 
-    mlflow.set_tracking_uri(uri)
+    Leaves MLflow's global tracking URI alone (it is an environment variable that child processes
+    would inherit)."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    client = MlflowClient(uri)
     try:
-        found = mlflow.get_experiment_by_name(experiment)
-        return found.experiment_id if found else mlflow.create_experiment(experiment)
-    except Exception as err:  # noqa: BLE001  (mlflow raises many types for an unreachable store)
-        raise ConfigError(f"cannot reach the MLflow tracking store {uri}: {str(err).splitlines()[0][:200]}; "
+        found = client.get_experiment_by_name(experiment)
+        return found.experiment_id if found else client.create_experiment(experiment)
+    except Exception as err:  # noqa: BLE001  (mlflow raises many types for an unusable store)
+        raise ConfigError(f"cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when nothing listens at ``uri``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10)
+    except urllib.error.HTTPError:
+        return  # something answers (a login, a proxy): let MLflow's own calls judge it
+    except OSError as err:
+        raise ConfigError(f"cannot reach the MLflow tracking server {uri} ({getattr(err, 'reason', err)}); "
                           "start it or pass --tracking-uri") from None
 
 

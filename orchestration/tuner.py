@@ -100,7 +100,8 @@ def build_tuner(spec: SweepSpec, tracking: dict) -> tune.Tuner:
     return tune.Tuner(
         trainable_for(spec, tracking), param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=samples, max_concurrent_trials=spec.max_concurrent),
+                                    num_samples=samples, max_concurrent_trials=spec.max_concurrent,
+                                    reuse_actors=True),  # imports and the MLflow store once per worker
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path or default_storage(),
                                   failure_config=tune.FailureConfig(max_failures=spec.retries),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def ray_env(extra=None) -> dict:
     """Token auth off explicitly (hermetic), and a short private Ray temp dir (socket paths are short)."""
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tempfile.mkdtemp(prefix="r", dir="/tmp"),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tempfile.mkdtemp(prefix="r", dir="/tmp"),
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 

@@ -36,6 +36,7 @@ def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "trial.yaml", "checkpoint.pt"} <= artifacts
     mlflow.set_tracking_uri(None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it
 
     checkpoint = next(tmp_path.glob("runs/*/checkpoint.pt"))
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--attack", "{name: pgd, eps: 0.1, steps: 5}"]) == 0
@@ -51,8 +52,7 @@ def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch):
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     done = subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ieskips: error:") and words in last
