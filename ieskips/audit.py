@@ -9,7 +9,6 @@ transfer), never the best-looking single number.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from .attacks import FGSM, PGD, Square, Transfer
 from .evaluation import accuracies, correct_masks
-from .models.ie_skip import IESkip, has_ie_skips
+from .models.ie_skip import ExplicitEuler, has_ie_skips
 
 
 @dataclass(frozen=True)
@@ -44,22 +43,13 @@ class AuditReport:
         return out + [f"credible robust accuracy: {self.accuracies['credible_robust_acc']:.4f} ({self.credible})"]
 
 
-def explicit_copy(model: nn.Module) -> nn.Module:
-    """The same weights run as the explicit-Euler (vanilla) network: a natural transfer surrogate."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, IESkip):
-            m.steps = 0
-    return twin
-
-
 def audit(model: nn.Module, loader, device="cpu", *, eps: float = 8 / 255, steps=(10, 20, 50, 100),
           restarts: int = 5, square_queries: int = 1000, surrogate: nn.Module | None = None,
           large_eps: float = 0.5, tol: float = 0.02, progress: bool | None = None) -> AuditReport:
     """Run the checks on ``loader``'s examples. ``tol`` is the accuracy slack (fraction) of each check."""
     ie = has_ie_skips(model)
     if surrogate is None and ie:
-        surrogate = explicit_copy(model)
+        surrogate = ExplicitEuler(model)
     pgd = {k: PGD(eps, 2.5 * eps / k, k) for k in steps}
     k_ref = 20 if 20 in pgd else steps[0]
     fractions = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -75,7 +75,11 @@ class TrialConfig(BaseModel):
         check_choice("model", self.model, list_models())
         for spec in self.eval_attacks:
             check_choice("attack", spec.get("name"), list_attacks())
-            if spec["name"] != "transfer":
+            if spec["name"] == "transfer":
+                build_attack(spec.get("attack", {"name": "fgsm"}))
+                if "source" not in spec:
+                    raise ConfigError("a transfer attack needs 'source': a checkpoint path or 'explicit'")
+            else:
                 build_attack(spec)  # validates keys and ranges now, not after an epoch of training
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from ieskips.attacks import attack_label, build_attack
+from ieskips.attacks import attack_label
 from ieskips.config import TrialConfig, load_config
 from ieskips.errors import ConfigError
 from ieskips.evaluation import evaluate as evaluate_model
-from ieskips.training import Trial, TrainingDiverged, load_checkpoint, train as train_trial
+from ieskips.training import Trial, TrainingDiverged, load_checkpoint, make_attack, train as train_trial
 
 from .tracking import connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
 
@@ -80,9 +80,9 @@ def evaluate(args) -> int:
     state = load_checkpoint(args.checkpoint)
     config = TrialConfig.from_dict({**state["config"], **({"test_subset": args.subset} if args.subset else {})})
     specs = [_attack_spec(text) for text in args.attack] or list(config.eval_attacks)
-    attacks = {attack_label(spec): build_attack(spec) for spec in specs}
     trial = Trial.build(config)
     trial.model.load_state_dict(state["model"])
+    attacks = {attack_label(spec): make_attack(spec, trial.model, trial.device) for spec in specs}
     result = evaluate_model(trial.model, trial.test_loader, attacks, trial.device)
     print(_table([(Path(args.checkpoint).name, {f"final/{k}": v for k, v in result.items()})]))
     if args.audit:
@@ -126,3 +126,20 @@ def _table(rows) -> str:
     head = f"{'model':<16}" + "".join(f"{k.removeprefix('final/').removeprefix('robust_acc/'):>22}" for k in keys)
     lines = [head] + [f"{name:<16}" + "".join(f"{r.get(k, float('nan')):>22.4f}" for k in keys) for name, r in rows]
     return "\n".join(lines)
+
+
+def report(args) -> int:
+    """The sweep's tables and figures: SWEEP is a sweep file or the name of a sweep that ran here."""
+    from .report import write_report
+    from .spec import load_spec, smoke_spec
+    from .tuner import load_state
+
+    if Path(args.sweep).is_file():
+        spec = load_spec(args.sweep)
+        spec = smoke_spec(spec) if args.smoke else spec
+    else:
+        spec, _, _ = load_state(args.sweep, args.storage)
+    uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
+    for path in write_report(spec, uri, Path(args.out)):
+        print(path)
+    return 0

@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ieskips.attacks import attack_label
 from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
 
@@ -59,6 +60,28 @@ class Resources(_Strict):
     gpu: float = Field(0, ge=0)  # GPUs per trial; fractions (0.25) let small trials share one GPU
 
 
+class ReportColumn(_Strict):
+    label: str  # the paper's column header, e.g. "Robust Acc (%)"
+    metric: str  # the MLflow metric behind it, e.g. "final/robust_acc/fgsm" (fractions; shown in %)
+    x: Optional[float] = None  # a figure's x position for this column (e.g. PGD steps in Fig. 5)
+
+
+class ReportRow(_Strict):
+    label: str  # the paper's row, e.g. "IE-ResNet-1-18"
+    match: dict[str, Any]  # trial config values a run must have to belong to this row
+    published: list[Optional[float]] = Field(default_factory=list)  # per column, in %; null = not stated
+    baseline: Optional[str] = None  # the vanilla row to compare with (IE-vs-vanilla gap, paired by seed)
+
+
+class Report(_Strict):
+    title: str  # "Table 1: ..." as the paper captions it
+    kind: Literal["table", "figure"] = "table"
+    rows: list[ReportRow] = Field(min_length=1)
+    columns: list[ReportColumn] = Field(min_length=1)
+    x: Literal["columns", "epoch"] | str = "columns"  # figures: column x values, epochs, or a config key
+    note: Optional[str] = None  # e.g. "published only as a plot: no numbers to compare with"
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the sweep's directory and MLflow tag
     experiment: str = "ieskips"  # MLflow experiment that holds the parent run and the trial runs
@@ -73,7 +96,7 @@ class SweepSpec(_Strict):
     storage_shared: bool = False  # a local-looking storage_path that every node mounts (NFS)
     tracking_uri: Optional[str] = None  # MLflow; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     retries: int = Field(2, ge=0)  # attempts after a failure (node loss), each from the last checkpoint
-    published: dict[str, Any] = Field(default_factory=dict)  # the paper's numbers, for the reports
+    report: Optional[Report] = None  # the paper's table or figure this sweep regenerates
 
     @model_validator(mode="after")
     def _keys_are_trial_config_fields(self):
@@ -156,7 +179,7 @@ def smoke_spec(spec: SweepSpec) -> SweepSpec:
     """The same sweep, shrunk to run in minutes on 2 CPU cores anywhere: digits, width 4, 2 epochs,
     a few hundred images, short attacks, one seed, local storage and tracking, CPU only."""
     values = spec.model_dump(mode="json")
-    attacks = values["base"].get("eval_attacks") or TrialConfig.model_fields["eval_attacks"].default
+    attacks = values["base"].get("eval_attacks", TrialConfig.model_fields["eval_attacks"].default)
     values["base"] = {**values["base"], **SMOKE_BASE, "eval_attacks": [_smoke_attack(a) for a in attacks]}
     grid = {k: [SMOKE_BASE[k]] if k in SMOKE_BASE else v for k, v in values["grid"].items()}
     if "seed" in grid:
@@ -171,7 +194,10 @@ def smoke_spec(spec: SweepSpec) -> SweepSpec:
 
 
 def _smoke_attack(spec: dict) -> dict:
-    out = dict(spec)
+    """The attack shortened, under its original metric name (so reports find their columns)."""
+    out = {**spec, "label": attack_label(spec)}
+    if out["name"] == "transfer":  # an oracle checkpoint from another sweep is not there in a smoke run
+        return {**out, "source": "explicit", "attack": _smoke_attack(out.get("attack", {"name": "fgsm"}))}
     for key, cap in SMOKE_CAPS.items():
         if key in out:
             out[key] = min(out[key], cap)

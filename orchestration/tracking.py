@@ -87,9 +87,13 @@ def _find(client, experiment_id: str, **tags) -> Optional[Any]:
     return runs[0] if runs else None
 
 
+def find_parent_run(client, experiment_id: str, sweep: str):
+    return _find(client, experiment_id, **{SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
+
+
 def sweep_parent_run(client, experiment_id: str, sweep: str, tags: dict) -> str:
     """The sweep's parent run: found by name if it exists (a resume), else created; left RUNNING."""
-    found = _find(client, experiment_id, **{SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
+    found = find_parent_run(client, experiment_id, sweep)
     if found:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id

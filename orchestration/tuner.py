@@ -89,7 +89,8 @@ def trainable_for(spec: SweepSpec, tracking: dict):
 
 
 def build_tuner(spec: SweepSpec, tracking: dict) -> tune.Tuner:
-    metric, mode = spec.metric
+    # Tune insists every report carries its metric; only a search or a scheduler needs one.
+    metric, mode = spec.metric if (spec.search or spec.scheduler) else (None, None)
     space, searcher, samples = _search_setup(spec)
     scheduler = None
     if spec.scheduler:

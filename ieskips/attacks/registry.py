@@ -28,13 +28,14 @@ def build_attack(spec: dict, **objects):
     ``objects`` supplies what a dict cannot hold (``source_model`` for ``transfer``, whose inner attack
     is itself a spec under ``"attack"``).
     """
-    spec = dict(spec)
+    spec = {k: v for k, v in spec.items() if k not in ("label", "source")}  # naming and loading, not building
     name = spec.pop("name", None)
     check_choice("attack", name, _ATTACKS)
     cls = _ATTACKS[name]
     if name == "transfer":
         if "source_model" not in objects:
-            raise ConfigError("a transfer attack needs a source model (its 'source' key names the checkpoint)")
+            raise ConfigError("a transfer attack needs a source model: set its 'source' to a checkpoint path "
+                              "or to 'explicit' (the model's own weights run as a vanilla ResNet)")
         return cls(objects["source_model"], build_attack(spec.pop("attack", {"name": "fgsm"})))
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(spec) - set(allowed))
@@ -44,7 +45,12 @@ def build_attack(spec: dict, **objects):
 
 
 def attack_label(spec: dict) -> str:
-    """A short metric name for an attack spec: ``fgsm``, ``pgd20``, ``pgd20_cw_unrolled``, ``cw_l2``."""
+    """A short metric name for an attack spec: ``fgsm``, ``pgd20``, ``pgd20_cw_unrolled``, ``cw_l2``,
+    ``transfer_fgsm``; a spec's own ``label`` wins."""
+    if "label" in spec:
+        return spec["label"]
+    if spec["name"] == "transfer":
+        return "transfer_" + attack_label(spec.get("attack", {"name": "fgsm"}))
     label = spec["name"] + (str(spec["steps"]) if "steps" in spec and spec["name"] == "pgd" else "")
     if spec.get("loss", "ce") != "ce":
         label += f"_{spec['loss']}"

@@ -121,3 +121,23 @@ def inner_grad_mode(model: nn.Module, mode: str):
 
 def has_ie_skips(model: nn.Module) -> bool:
     return any(isinstance(m, IESkip) and m.steps > 0 for m in model.modules())
+
+
+class ExplicitEuler(nn.Module):
+    """The wrapped model run as its explicit-Euler (vanilla) twin: every IE-Skip with 0 inner steps,
+    the same weights, always current. A natural transfer-attack source for an IE model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        skips = [m for m in self.model.modules() if isinstance(m, IESkip)]
+        saved = [m.steps for m in skips]
+        for m in skips:
+            m.steps = 0
+        try:
+            return self.model(x)
+        finally:
+            for m, steps in zip(skips, saved):
+                m.steps = steps

@@ -19,7 +19,8 @@ from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
 from ..data import INFO, load_dataset, make_loader, subset
 from ..evaluation import evaluate
-from ..models import build_model
+from ..errors import ConfigError
+from ..models import ExplicitEuler, build_model
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .methods import METHODS
 
@@ -71,7 +72,7 @@ class Trial:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.lr_factor)
         loader = lambda ds, shuffle: make_loader(ds, config.batch_size, shuffle=shuffle, seed=config.seed,  # noqa: E731
                                                  num_workers=config.num_workers)
-        attacks = {attack_label(spec): build_attack(spec) for spec in config.eval_attacks}
+        attacks = {attack_label(spec): make_attack(spec, model, device) for spec in config.eval_attacks}
         return cls(config, device, model, optimizer, scheduler, loader(train_set, True), loader(eval_set, False),
                    loader(test_set, False), attacks)
 
@@ -118,6 +119,31 @@ class Trial:
         self.epoch += 1
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr, "epoch_time": seconds,
                 "images_per_sec": seen / seconds}
+
+
+def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
+    """A trained model from a checkpoint: built from the config saved inside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    state = load_checkpoint(path)
+    config = TrialConfig.from_dict(state["config"])
+    info = INFO[config.dataset]
+    model = build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                        width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
+                        inner_grad=config.inner_grad, norm=config.norm)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def make_attack(spec: dict, model: torch.nn.Module, device: torch.device):
+    """A transfer attack's ``source`` is ``explicit`` (this model's weights, run as a vanilla ResNet)
+    or a checkpoint path (an oracle trained elsewhere, e.g. Table 4)."""
+    if spec["name"] != "transfer":
+        return build_attack(spec)
+    source = spec["source"]
+    oracle = ExplicitEuler(model) if source == "explicit" else load_model(source, device)
+    return build_attack(spec, source_model=oracle)
 
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
