@@ -16,7 +16,7 @@ def sets(pairs):
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch):
+def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -39,7 +39,11 @@ def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it
 
     checkpoint = next(tmp_path.glob("runs/*/checkpoint.pt"))
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--attack", "{name: pgd, eps: 0.1, steps: 5}"]) == 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--attack", "{name: pgd, eps: 0.1, steps: 5}",
+                 "--audit", "--subset", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "pgd5" in out and "steps_converge" in out and "unrolled_gradients" in out
+    assert "credible robust accuracy" in out
 
 
 @pytest.mark.parametrize("args, words", [

@@ -89,3 +89,18 @@ def test_yaml_file_with_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("ie_steps: [1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_transfer_attacks_from_an_oracle_checkpoint_and_from_the_explicit_twin(tmp_path):
+    train(TrialConfig.from_dict({**SMALL, "ie_steps": 0}), checkpoint_dir=tmp_path / "oracle", progress=False)
+    attacks = [{"name": "transfer", "source": str(tmp_path / "oracle" / "checkpoint.pt"),
+                "attack": {"name": "fgsm", "eps": 0.2}},
+               {"name": "transfer", "label": "from_twin", "source": "explicit", "attack": {"name": "fgsm", "eps": 0.2}}]
+    final = train(TrialConfig.from_dict({**SMALL, "ie_steps": 1, "eval_attacks": attacks}), progress=False)
+    assert {"final/robust_acc/transfer_fgsm", "final/robust_acc/from_twin"} <= set(final)
+    assert final["final/robust_acc/transfer_fgsm"] <= final["final/natural_acc"]
+    with pytest.raises(ConfigError, match="source"):
+        TrialConfig.from_dict({**SMALL, "eval_attacks": [{"name": "transfer", "attack": {"name": "fgsm"}}]})
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(TrialConfig.from_dict({**SMALL, "eval_attacks": [{**attacks[0], "source": str(tmp_path / "no.pt")}]}),
+              progress=False)
