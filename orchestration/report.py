@@ -14,10 +14,11 @@ import pandas as pd
 
 from ieskips.errors import ConfigError
 
-from .spec import Report, SweepSpec
+from .spec import Report, ReportColumn, SweepSpec
 from .tracking import TRIAL_TAG, find_parent_run, sweep_trial_runs
 
-WORST = "final/robust_acc/worst"
+# Beyond the paper: per example, the worst over every attack the run faced.
+WORST = ReportColumn(label="Worst case, all attacks (%)", metric="final/robust_acc/worst")
 
 
 def load_runs(client, experiment: str, sweep: str) -> pd.DataFrame:
@@ -51,7 +52,7 @@ def _usable(runs: pd.DataFrame) -> pd.DataFrame:
 def cells(runs: pd.DataFrame, report: Report) -> pd.DataFrame:
     """The long form: one record per (row, column) with mean, std, n, published, diff, state, run ids."""
     records = []
-    columns = list(report.columns) + [_worst_column(runs)]
+    columns = list(report.columns) + [WORST]
     for row in report.rows:
         for label, members in _groups(runs, report, row):
             good = _usable(members)
@@ -81,12 +82,6 @@ def _groups(runs: pd.DataFrame, report: Report, row):
     return [(f"{row.label}, {report.x}={v}", members[members[key] == v]) for v in values]
 
 
-def _worst_column(runs):
-    from .spec import ReportColumn
-
-    return ReportColumn(label="Worst case, all attacks (%)", metric=WORST)
-
-
 def _state(members, good, values) -> str:
     if members.empty:
         return "missing"
@@ -107,7 +102,7 @@ def gaps(runs: pd.DataFrame, report: Report) -> pd.DataFrame:
         if not row.baseline or row.baseline not in labels:
             continue
         ours, base = _usable(_matching(runs, row.match)), _usable(_matching(runs, labels[row.baseline].match))
-        for col in [c for c in report.columns if c.metric.startswith("final/robust_acc")] + [_worst_column(runs)]:
+        for col in [c for c in report.columns if c.metric.startswith("final/robust_acc")] + [WORST]:
             if col.metric not in ours or col.metric not in base:
                 continue
             paired = ours.set_index("p.seed")[col.metric].sub(base.set_index("p.seed")[col.metric]).dropna() * 100
