@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +24,9 @@ def ray_env(extra=None) -> dict:
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def write_spec(folder: Path, **changes) -> Path:
-    spec = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+def write_spec(folder: Path, source: Path = REPO / "sweeps" / "smoke.yaml", **changes) -> Path:
+    """``source`` (default: the smoke sweep) with ``changes`` (mappings are merged), written to ``folder``."""
+    spec = yaml.safe_load(Path(source).read_text())
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}
@@ -69,19 +72,38 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real ``mlflow server`` on loopback with a SQLite backend; stopped by its PID."""
+    """A real ``mlflow server`` on loopback with a SQLite backend; stopped by its PID.
 
-    def __init__(self, folder: Path):
+    ``admin_password``: serve the basic-auth app (``mlflow[auth]``) with that admin password; its user
+    store is a SQLite file in ``folder`` too. ``log``: where the server's output goes (default: nowhere)."""
+
+    def __init__(self, folder: Path, admin_password: str | None = None, log: Path | None = None):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.auth = ("admin", admin_password) if admin_password else None
         mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent))
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        extra = []
+        if admin_password:
+            config = folder / "basic_auth.ini"
+            config.write_text("[mlflow]\ndefault_permission = READ\n"
+                              f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = admin\n")
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                       MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+            extra = ["--app-name", "basic-auth"]
+        out = open(log, "ab") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-             "--artifacts-destination", str(folder / "artifacts")],
-            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self._up, 60)
+             "--artifacts-destination", str(folder / "artifacts"), *extra],
+            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if log:
+            out.close()
+        try:
+            wait_for(self._up, 90)
+        except TimeoutError:
+            self.stop()
+            raise
 
     def _up(self):
         import urllib.request
@@ -91,6 +113,121 @@ class MlflowServer:
         except OSError:
             return False
 
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
     def stop(self):
-        os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=30)
+        stop_process_group(self.proc)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` now alive (from /proc), so that none outlives its parent's group."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM the process group a ``start_new_session`` child leads, then SIGKILL it and any descendant
+    that left the group; only these PIDs, never by name."""
+    family = descendants(proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait(timeout=30)
+
+
+class RayNode:
+    """One node of a real Ray cluster: ``ray start --block`` in its own session, stopped by its PID.
+
+    ``ip``: the node's address, in the loopback range but not 127.0.0.1 itself (Ray swaps 127.0.0.1 for
+    the host's routable address, so each node gets its own 127.0.0.x and nothing leaves loopback). The head
+    (``address=None``) also serves the dashboard and the Jobs API on 127.0.0.1; a worker joins ``address``.
+    ``env`` must set ``RAY_AUTH_MODE`` (and ``RAY_AUTH_TOKEN`` for token auth): see ``token_ray_env``."""
+
+    def __init__(self, env: dict, temp_dir: str, ip: str, num_cpus: int = 1, address: str | None = None,
+                 log: Path | None = None):
+        assert env.get("RAY_AUTH_MODE"), "set RAY_AUTH_MODE explicitly in every Ray process"
+        assert ip.startswith("127.") and ip != "127.0.0.1", ip
+        ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+        ports = ["--node-manager-port", free_port(), "--object-manager-port", free_port(),
+                 "--runtime-env-agent-port", free_port(), "--dashboard-agent-grpc-port", free_port(),
+                 "--dashboard-agent-listen-port", free_port(), "--metrics-export-port", free_port()]
+        args = [ray, "start", "--block", "--node-ip-address", ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
+                "--temp-dir", temp_dir, "--disable-usage-stats", *map(str, ports)]
+        if address is None:
+            # The head's Prometheus ports are fixed by default: a second cluster on the host would clash.
+            env = {**env, "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port())}
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
+            self.address = f"{ip}:{self.gcs_port}"
+            self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+            args += ["--head", "--port", str(self.gcs_port), "--include-dashboard", "true",
+                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                     "--ray-client-server-port", str(free_port())]
+        else:
+            self.address, self.dashboard = address, None
+            args += ["--address", address]
+        self.ip = ip
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if log:
+            out.close()
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def stop(self):
+        stop_process_group(self.proc, grace=5)
+
+
+def token_ray_env(token: str, extra=None) -> dict:
+    """``ray_env`` with token authentication on: every Ray process, node, driver or client, gets this."""
+    return ray_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **(extra or {})})
+
+
+def listening_addresses(pids) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that one of ``pids`` holds (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            host, port = fields[1].split(":")
+            raw = bytes.fromhex(host)
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))  # little-endian words
+            address = socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, words)
+            found.add((address, int(port, 16)))
+    return found
