@@ -222,7 +222,8 @@ def write_report(spec: SweepSpec, tracking_uri: str, out: Path, log_to_parent: b
     text = markdown(table, report.title) + (f"\n{report.note}\n" if report.note else "")
     gap = gaps(runs, report)
     if not gap.empty:
-        text += "\nIE vs vanilla (percentage points, seed-paired, 95% CI):\n\n" + gap.to_csv(index=False)
+        text += "\n" + markdown(gap.set_index("row").round(2).astype(str),
+                                 "IE vs vanilla, percentage points (seed-paired, 95% CI)")
     files = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex"),
              out / f"{spec.name}_provenance.csv"]
     files[0].write_text(text)
