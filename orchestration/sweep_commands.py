@@ -1,15 +1,13 @@
 """``ieskips sweep run | resume | status``."""
 from __future__ import annotations
 
-import logging
+from collections import Counter
 from pathlib import Path
 
 from ieskips.errors import ConfigError
 
 from .spec import check_cluster_storage, load_spec, smoke_spec
 from .tracking import resolve_tracking_uri
-
-log = logging.getLogger("ieskips")
 
 
 def _connect_ray(address: str | None):
@@ -32,9 +30,9 @@ def run(args) -> int:
     if args.smoke:
         spec = smoke_spec(spec)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
-    folder = Path(tuner.experiment_dir(spec))
-    if "://" not in tuner.experiment_dir(spec) and folder.exists():
-        raise ConfigError(f"sweep {spec.name!r} already exists at {folder}; `ieskips sweep resume {spec.name}` "
+    where = tuner.experiment_dir(spec)
+    if "://" not in where and Path(where).exists():
+        raise ConfigError(f"sweep {spec.name!r} already exists at {where}; `ieskips sweep resume {spec.name}` "
                           "continues it, or rename the sweep")
     if args.address:
         check_cluster_storage(spec, tracking_uri, _connect_ray(args.address))
@@ -51,10 +49,10 @@ def resume(args) -> int:
     from . import tuner
 
     spec, tracking, path = tuner.load_state(args.name, args.storage)
-    _connect_ray(args.address)
-    tuner.prepare(spec, tracking["tracking_uri"])  # the parent run is RUNNING again
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {args.name!r} at {path} has no state to resume from")
+    _connect_ray(args.address)
+    tuner.prepare(spec, tracking["tracking_uri"])  # the parent run is RUNNING again
     restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
                                   resume_unfinished=True, resume_errored=True)
     results = restored.fit()
@@ -69,9 +67,7 @@ def status(args) -> int:
     spec, _, path = tuner.load_state(args.name, args.storage)
     metric, mode = spec.metric
     analysis = ExperimentAnalysis(path, default_metric=metric, default_mode=mode)
-    counts = {}
-    for trial in analysis.trials:
-        counts[trial.status] = counts.get(trial.status, 0) + 1
+    counts = Counter(trial.status for trial in analysis.trials)
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     finished = [t for t in analysis.trials if t.last_result and metric in t.last_result]
     if finished:
@@ -84,7 +80,7 @@ def status(args) -> int:
 def _summarise(summary: dict, results, spec) -> int:
     metric, _ = spec.metric
     for result in results:
-        config = {k: v for k, v in (result.config or {}).items()}
+        config = result.config or {}
         value = (result.metrics or {}).get(f"final/{metric}", (result.metrics or {}).get(metric))
         state = "ERROR" if result.error else "ok"
         print(f"{state:<6}{config}  {metric}={value if value is None else round(value, 4)}")
