@@ -34,7 +34,9 @@ def connect(uri: str, experiment: str) -> str:
     client = MlflowClient(uri)
     try:
         found = client.get_experiment_by_name(experiment)
-        return found.experiment_id if found else client.create_experiment(experiment)
+        # The UI of MLflow 3.x opens an experiment without a kind in its GenAI view; ours are training runs.
+        return found.experiment_id if found else client.create_experiment(
+            experiment, tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception as err:  # noqa: BLE001  (mlflow raises many types for an unusable store)
         raise ConfigError(f"cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:200]}") from None
 
