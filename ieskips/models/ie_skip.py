@@ -60,6 +60,8 @@ class IESkip(nn.Module):
             corrected, x_prev = x.detach().clone(), x_prev.detach()
             for _ in range(self.steps):
                 self._detached_step_(corrected, x_prev)
+        if not x.requires_grad:  # no graph to keep (no_grad, eval): the corrected value is the output
+            return corrected
         return x - (x.detach() - corrected)
 
     def _unrolled_gradient(self, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,19 @@ def _running_stats_frozen(module: nn.Module):
 
 
 @contextlib.contextmanager
+def _skips_set(model: nn.Module, name: str, value):
+    """Set attribute ``name`` of every IE-Skip in ``model`` to ``value`` for the block, then restore."""
+    skips = [m for m in model.modules() if isinstance(m, IESkip)]
+    saved = [getattr(m, name) for m in skips]
+    for m in skips:
+        setattr(m, name, value)
+    try:
+        yield model
+    finally:
+        for m, old in zip(skips, saved):
+            setattr(m, name, old)
+
+
 def inner_grad_mode(model: nn.Module, mode: str):
     """Switch every IE-Skip in ``model`` to ``mode`` for the length of the block, weights untouched.
 
@@ -108,15 +123,7 @@ def inner_grad_mode(model: nn.Module, mode: str):
     was trained detached: a large gap between the two is the sign of masked gradients.
     """
     check_choice("inner_grad", mode, INNER_GRAD_MODES)
-    skips = [m for m in model.modules() if isinstance(m, IESkip)]
-    saved = [m.inner_grad for m in skips]
-    for m in skips:
-        m.inner_grad = mode
-    try:
-        yield model
-    finally:
-        for m, old in zip(skips, saved):
-            m.inner_grad = old
+    return _skips_set(model, "inner_grad", mode)
 
 
 def has_ie_skips(model: nn.Module) -> bool:
@@ -132,12 +139,5 @@ class ExplicitEuler(nn.Module):
         self.model = model
 
     def forward(self, x):
-        skips = [m for m in self.model.modules() if isinstance(m, IESkip)]
-        saved = [m.steps for m in skips]
-        for m in skips:
-            m.steps = 0
-        try:
+        with _skips_set(self.model, "steps", 0):
             return self.model(x)
-        finally:
-            for m, steps in zip(skips, saved):
-                m.steps = steps

@@ -56,15 +56,12 @@ class Trial:
     def build(cls, config: TrialConfig) -> "Trial":
         torch.manual_seed(config.seed)
         device = resolve_device(config.device)
-        info = INFO[config.dataset]
         data = dict(root=config.data_dir, download=config.download, augment=config.augment)
         train_set = subset(load_dataset(config.dataset, True, **data), config.train_subset, config.seed)
         # Test subsets use one fixed seed, so every trial of a sweep is scored on the same examples.
         test_set = subset(load_dataset(config.dataset, False, **data), config.test_subset, 0)
         eval_set = subset(test_set, config.eval_subset, 0)
-        model = build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                            width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
-                            inner_grad=config.inner_grad, norm=config.norm).to(device)
+        model = model_for(config).to(device)
         if config.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -121,17 +118,21 @@ class Trial:
                 "images_per_sec": seen / seconds}
 
 
+def model_for(config: TrialConfig) -> torch.nn.Module:
+    """The config's model, shaped for its data set (classes, channels)."""
+    info = INFO[config.dataset]
+    return build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                       width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
+                       inner_grad=config.inner_grad, norm=config.norm)
+
+
 def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
     """A trained model from a checkpoint: built from the config saved inside it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     state = load_checkpoint(path)
-    config = TrialConfig.from_dict(state["config"])
-    info = INFO[config.dataset]
-    model = build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                        width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
-                        inner_grad=config.inner_grad, norm=config.norm)
+    model = model_for(TrialConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
