@@ -77,8 +77,7 @@ class TrialConfig(BaseModel):
             check_choice("attack", spec.get("name"), list_attacks())
             if spec["name"] == "transfer":
                 build_attack(spec.get("attack", {"name": "fgsm"}))
-                if "source" not in spec:
-                    raise ConfigError("a transfer attack needs 'source': a checkpoint path or 'explicit'")
+                _check_source(spec.get("source"))
             else:
                 build_attack(spec)  # validates keys and ranges now, not after an epoch of training
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -105,6 +104,25 @@ class TrialConfig(BaseModel):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+
+SOURCE_KEYS = {"sweep", "match", "seed", "experiment"}
+
+
+def _check_source(source) -> None:
+    """A transfer source: 'explicit', a checkpoint path, or another sweep's run by sweep and match."""
+    if isinstance(source, str) and source:
+        return
+    if not isinstance(source, dict):
+        raise ConfigError("a transfer attack needs 'source': 'explicit', a checkpoint path, or "
+                          "{sweep: NAME, match: {key: value}, seed: same}")
+    unknown = sorted(set(source) - SOURCE_KEYS)
+    if unknown or not isinstance(source.get("sweep"), str) or not isinstance(source.get("match", {}), dict):
+        raise ConfigError(f"transfer source {source}: give 'sweep' (a name), optional 'match' (config values), "
+                          f"'seed' (a number or 'same') and 'experiment'; unknown keys {unknown}")
+    seed = source.get("seed", "same")
+    if seed != "same" and not isinstance(seed, int):
+        raise ConfigError(f"transfer source seed must be a number or 'same', got {seed!r}")
 
 
 def parse_overrides(pairs) -> dict:

@@ -4,9 +4,11 @@ Images come out as float tensors in [0, 1]; the model normalises them itself.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
@@ -99,6 +101,43 @@ def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return Subset(dataset, order[:size].tolist())
+
+
+@dataclass(frozen=True)
+class TestExamples:
+    """The test examples a model is scored on, named so that results from different runs and times
+    compose: per example, its index in the whole test set, and the whole set's identity."""
+
+    dataset: Dataset  # the examples (a seeded subset of the test set, or all of it)
+    indices: torch.Tensor  # int64: each example's index in the whole test set, in loader order
+    identity: str  # "<name>-test-<size>-<content hash>" of the whole test set
+
+
+def test_examples(name: str, size: int | None, *, root: str | Path = "data", download: bool = False) -> TestExamples:
+    """The test set's seeded subset of ``size`` (all when None). The subset's seed is fixed (0), so every
+    trial and every later evaluation of a sweep scores the same examples."""
+    whole = load_dataset(name, False, root=root, download=download)
+    chosen = subset(whole, size, 0)
+    indices = torch.as_tensor(chosen.indices if isinstance(chosen, Subset) else range(len(whole)), dtype=torch.long)
+    return TestExamples(chosen, indices, identity(name, whole))
+
+
+def identity(name: str, dataset: Dataset) -> str:
+    """Name, size and a hash of the content (images and labels where the set holds them in memory),
+    so that per-example results are never combined across different data."""
+    digest = hashlib.sha256()
+    for array in _content(dataset):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return f"{name}-test-{len(dataset)}-{digest.hexdigest()[:16]}"
+
+
+def _content(dataset: Dataset) -> tuple:
+    if isinstance(dataset, TensorDataset):
+        return tuple(t.numpy() for t in dataset.tensors)
+    data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    if data is not None and targets is not None:  # torchvision's MNIST and CIFAR keep both in memory
+        return np.asarray(data), np.asarray(targets)
+    return ()  # FakeData: generated from its size and offset, which the name and size cover
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:

@@ -1,9 +1,19 @@
-"""Natural and robust accuracy over a data loader, per attack and per-example worst case."""
+"""Natural and robust accuracy over a data loader, per attack and per-example worst case.
+
+One path for every evaluation, at training time and any time later: the model is scored per example
+(``correct_masks``), the masks are kept with the test-set indices and identity (``ExampleResults``),
+and the metrics come from the masks. Results stored for a run compose: merging a later evaluation
+adds its attacks, so the per-example worst case can only stay or fall.
+"""
 from __future__ import annotations
 
+import io
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -56,3 +66,59 @@ def evaluate(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], 
              progress: bool | None = None) -> dict[str, float]:
     """``{"natural_acc": ..., "robust_acc/<name>": ..., "robust_acc/worst": ...}`` as fractions in [0, 1]."""
     return accuracies(correct_masks(model, loader, attacks, device, progress))
+
+
+@dataclass(frozen=True)
+class ExampleResults:
+    """Per example, whether the model was right: ``masks["natural"]`` and one mask per attack label
+    (right on the clean and on the adversarial input), over the test examples ``indices`` of the test
+    set ``identity`` (see ``ieskips.data.TestExamples``)."""
+
+    identity: str
+    indices: torch.Tensor
+    masks: dict
+
+    def accuracies(self) -> dict[str, float]:
+        return accuracies(self.masks)
+
+    def merge(self, other: "ExampleResults") -> "ExampleResults":
+        """Both evaluations' attacks. A label in both keeps an example only where both runs of it left
+        it right (a second run of an attack can only find more adversarial examples)."""
+        if other.identity != self.identity or not torch.equal(other.indices, self.indices):
+            raise ValueError(f"per-example results of different test examples cannot be combined "
+                             f"({self.identity}, {len(self.indices)} examples vs {other.identity}, "
+                             f"{len(other.indices)} examples)")
+        masks = dict(self.masks)
+        for label, mask in other.masks.items():
+            masks[label] = masks[label] & mask if label in masks else mask
+        return ExampleResults(self.identity, self.indices, masks)
+
+    def only(self, labels) -> "ExampleResults":
+        return ExampleResults(self.identity, self.indices, {k: v for k, v in self.masks.items() if k in labels})
+
+    def to_bytes(self, label: str) -> bytes:
+        """One label's mask as a compressed ``.npz`` (indices, mask, identity): a few bytes per example."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, indices=self.indices.numpy(), correct=self.masks[label].numpy(),
+                            identity=np.array(self.identity), label=np.array(label))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path]) -> "ExampleResults | None":
+        """Merge the ``.npz`` files ``to_bytes`` wrote (read without pickle); None for no file."""
+        merged = None
+        for path in paths:
+            with np.load(path, allow_pickle=False) as data:
+                part = cls(str(data["identity"]), torch.from_numpy(data["indices"]).long(),
+                           {str(data["label"]): torch.from_numpy(data["correct"]).bool()})
+            merged = part if merged is None else merged.merge(part)
+        return merged
+
+
+def evaluate_examples(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], device="cpu", *,
+                      identity: str, indices: torch.Tensor, progress: bool | None = None) -> ExampleResults:
+    """``correct_masks`` kept with the examples' indices and the test set's identity."""
+    masks = correct_masks(model, loader, attacks, device, progress)
+    if len(masks["natural"]) != len(indices):
+        raise ValueError(f"the loader gave {len(masks['natural'])} examples for {len(indices)} indices")
+    return ExampleResults(identity, indices.long(), masks)

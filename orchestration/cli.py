@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ieskips.errors import ConfigError
@@ -21,13 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key (repeatable)")
     _tracking_args(train)
     train.add_argument("--out", default="runs", help="directory for checkpoints (default: runs/)")
-    evaluate = sub.add_parser("evaluate", help="attack a checkpoint; --audit runs the gradient-masking audit")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate = sub.add_parser("evaluate", help="attack a checkpoint, a run's stored model or a whole sweep's; "
+                              "runs get the results written back")
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint or stored-model file")
+    which.add_argument("--run", help="an MLflow run id: its stored model, results written into the run")
+    which.add_argument("--sweep", help="a sweep file or name: every finished trial's stored model, on Ray")
     evaluate.add_argument("--attack", action="append", default=[], metavar="SPEC",
                           help="attack as YAML, e.g. '{name: pgd, eps: 0.031, steps: 100}' (repeatable; "
-                               "default: the config's eval_attacks)")
+                               "default: the model's eval_attacks)")
     evaluate.add_argument("--audit", action="store_true", help="run the gradient-masking audit too")
-    evaluate.add_argument("--subset", type=int, default=None, help="evaluate on this many test examples")
+    evaluate.add_argument("--subset", type=int, default=None, help="--checkpoint: this many test examples")
+    evaluate.add_argument("--match", action="append", default=[], metavar="KEY=VALUE",
+                          help="--sweep: only trials with this config value (repeatable)")
+    evaluate.add_argument("--force", action="store_true", help="run attacks a run already has again")
+    evaluate.add_argument("--address", help="--sweep: Ray cluster to join (auto); default: a local Ray")
+    evaluate.add_argument("--smoke", action="store_true", help="--sweep FILE: the file's --smoke sweep")
+    evaluate.add_argument("--storage", help="--sweep NAME: the sweep's storage path")
+    _tracking_args(evaluate)
     demo = sub.add_parser("demo", help="vanilla vs IE-ResNet on the digits set, side by side")
     demo.add_argument("--epochs", type=int, default=8)
     _tracking_args(demo)
@@ -61,6 +73,7 @@ def _tracking_args(parser):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods the log
     args = build_parser().parse_args(argv)
     from . import commands, sweep_commands  # heavy imports only after the arguments parse
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import yaml
 
-from ieskips.attacks import attack_label
-from ieskips.config import TrialConfig, load_config
+from ieskips.config import TrialConfig, load_config, parse_overrides
 from ieskips.errors import ConfigError
-from ieskips.evaluation import evaluate as evaluate_model
-from ieskips.training import Trial, TrainingDiverged, load_checkpoint, make_attack, train as train_trial
+from ieskips.stored import evaluate_stored
+from ieskips.training import Trial, TrainingDiverged, resolve_device, train as train_trial
 
-from .tracking import connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
+from .evaluation_job import check_specs, evaluate_run, finished_runs, new_job, plan, run_on_ray
+from .run_artifacts import store_model, store_results, stored_model
+from .tracking import check_reachable, connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
 
 log = logging.getLogger("ieskips")
 
@@ -47,6 +48,9 @@ def run_logged(config: TrialConfig, *, tracking_uri: str | None, experiment: str
             mlflow.end_run("FAILED")
             raise
         mlflow.log_artifact(str(checkpoint_dir / "checkpoint.pt"))
+        client = mlflow.tracking.MlflowClient(uri)
+        store_model(client, run.info.run_id, config, trial.model, experiment_id, config.epochs)
+        store_results(client, run.info.run_id, trial.results)
         return {"run_id": run.info.run_id, **final}
 
 
@@ -73,23 +77,102 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
-    from ieskips.audit import audit
+    """Attack a checkpoint file, a run's stored model (``--run``), or every finished trial of a sweep
+    (``--sweep``); runs get their results written back."""
+    specs = [_attack_spec(text) for text in args.attack] or None
+    if args.sweep and args.audit:
+        raise ConfigError("--audit runs on one model: use it with --run or --checkpoint")
+    if (args.match or args.address) and not args.sweep:
+        raise ConfigError("--match and --address choose trials of a sweep: use them with --sweep")
+    if args.subset and not args.checkpoint:
+        raise ConfigError("--subset is for --checkpoint: a run is always evaluated on its own test examples, "
+                          "so that its results compose")
+    if args.checkpoint:
+        from ieskips.stored import read_model
 
-    if not Path(args.checkpoint).is_file():
-        raise ConfigError(f"checkpoint {args.checkpoint} does not exist")
-    state = load_checkpoint(args.checkpoint)
-    config = TrialConfig.from_dict({**state["config"], **({"test_subset": args.subset} if args.subset else {})})
-    specs = [_attack_spec(text) for text in args.attack] or list(config.eval_attacks)
-    trial = Trial.build(config)
-    trial.model.load_state_dict(state["model"])
-    attacks = {attack_label(spec): make_attack(spec, trial.model, trial.device) for spec in specs}
-    result = evaluate_model(trial.model, trial.test_loader, attacks, trial.device)
-    print(_table([(Path(args.checkpoint).name, {f"final/{k}": v for k, v in result.items()})]))
+        state = read_model(args.checkpoint)
+        check_specs(specs or [], state["config"])
+        results = evaluate_stored(state, specs or state["config"]["eval_attacks"], subset=args.subset, progress=None)
+        rows = [(Path(args.checkpoint).name, {f"final/{k}": v for k, v in results.accuracies().items()})]
+        print(_table(rows))
+    elif args.run:
+        state = _evaluate_run(args, specs)
+    else:
+        return _evaluate_sweep(args, specs)
     if args.audit:
-        eps = next((spec["eps"] for spec in specs if "eps" in spec), 8 / 255)
-        report = audit(trial.model, trial.test_loader, trial.device, eps=eps)
-        print("\n".join(report.lines()))
+        _audit(state, specs)
     return 0
+
+
+def _evaluate_run(args, specs) -> dict:
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(args.run)
+    except Exception as err:  # noqa: BLE001  (mlflow raises several types for a missing run)
+        raise ConfigError(f"no run {args.run} at {uri}: {str(err).splitlines()[0][:160]}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        work = plan(client, [run], specs, args.force, Path(tmp))
+        state = stored_model(client, args.run, Path(tmp))
+    if not work:
+        print(f"run {args.run}: every attack already evaluated (--force runs them again)")
+        return state
+    result = evaluate_run(uri, args.run, work[0][1], job=new_job(), force=args.force)
+    print(_table([(run.info.run_name or args.run, result["metrics"])]))
+    return state
+
+
+def _evaluate_sweep(args, specs) -> int:
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from .sweep_commands import connect_ray, sweep_spec
+
+    spec = sweep_spec(args.sweep, args.smoke, args.storage)
+    uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
+    client = MlflowClient(uri)
+    experiment_id = connect(uri, spec.experiment)
+    runs = finished_runs(client, experiment_id, spec.name, parse_overrides(args.match))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = plan(client, runs, specs, args.force, Path(tmp))
+    print(f"sweep {spec.name}: {len(runs)} finished trials, {len(work)} to evaluate, {len(runs) - len(work)} "
+          "skipped (every attack already evaluated; --force runs them again)")
+    if not work:
+        return 0
+    connect_ray(args.address)
+    failed, rows = 0, []
+    for run, result, error in run_on_ray(uri, work, job=new_job(), force=args.force, resources=spec.resources,
+                                         retries=spec.retries):
+        name = run.info.run_name or run.info.run_id
+        if error:
+            failed += 1
+            print(f"ERROR {name} ({run.info.run_id}): {error}")
+        else:
+            rows.append((name, result["metrics"]))
+    if rows:
+        print(_table(rows))
+    print(f"sweep {spec.name}: {len(rows)} evaluated, {failed} failed")
+    return 1 if failed else 0
+
+
+def _audit(state: dict, specs) -> None:
+    from ieskips.audit import audit
+    from ieskips.data import make_loader, test_examples
+    from ieskips.stored import build
+
+    config = TrialConfig.from_dict(state["config"])
+    device = resolve_device(config.device)
+    test = test_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
+    eps = next((spec["eps"] for spec in specs or config.eval_attacks if "eps" in spec), 8 / 255)
+    report = audit(build(state, device), make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed),
+                   device, eps=eps)
+    print("\n".join(report.lines()))
 
 
 def _attack_spec(text: str) -> dict:
@@ -131,14 +214,9 @@ def _table(rows) -> str:
 def report(args) -> int:
     """The sweep's tables and figures: SWEEP is a sweep file or the name of a sweep that ran here."""
     from .report import write_report
-    from .spec import load_spec, smoke_spec
-    from .tuner import load_state
+    from .sweep_commands import sweep_spec
 
-    if Path(args.sweep).is_file():
-        spec = load_spec(args.sweep)
-        spec = smoke_spec(spec) if args.smoke else spec
-    else:
-        spec, _, _ = load_state(args.sweep, args.storage)
+    spec = sweep_spec(args.sweep, args.smoke, args.storage)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
     for path in write_report(spec, uri, Path(args.out)):
         print(path)

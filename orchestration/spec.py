@@ -196,8 +196,11 @@ def smoke_spec(spec: SweepSpec) -> SweepSpec:
 def _smoke_attack(spec: dict) -> dict:
     """The attack shortened, under its original metric name (so reports find their columns)."""
     out = {**spec, "label": attack_label(spec)}
-    if out["name"] == "transfer":  # an oracle checkpoint from another sweep is not there in a smoke run
-        return {**out, "source": "explicit", "attack": _smoke_attack(out.get("attack", {"name": "fgsm"}))}
+    if out["name"] == "transfer":
+        source = out.get("source")
+        # A source sweep's run becomes its smoke sweep's; a checkpoint path is not there in a smoke run.
+        source = {**source, "sweep": f"{source['sweep']}-smoke"} if isinstance(source, dict) else "explicit"
+        return {**out, "source": source, "attack": _smoke_attack(out.get("attack", {"name": "fgsm"}))}
     for key, cap in SMOKE_CAPS.items():
         if key in out:
             out[key] = min(out[key], cap)

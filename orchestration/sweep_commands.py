@@ -10,7 +10,7 @@ from .spec import check_cluster_storage, load_spec, smoke_spec
 from .tracking import resolve_tracking_uri
 
 
-def _connect_ray(address: str | None):
+def connect_ray(address: str | None):
     """Join the cluster at ``address``, or start a local Ray; returns the number of alive nodes."""
     import ray
 
@@ -21,6 +21,37 @@ def _connect_ray(address: str | None):
         except ConnectionError as err:
             raise ConfigError(f"cannot reach the Ray cluster at {address}: {err}") from None
     return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def sweep_spec(name_or_file: str, smoke: bool, storage: str | None):
+    """A sweep file (its smoke version with ``smoke``), or the name of a sweep run here (its saved spec)."""
+    from .tuner import load_state
+
+    if Path(name_or_file).is_file():
+        spec = load_spec(name_or_file)
+        return smoke_spec(spec) if smoke else spec
+    if name_or_file.endswith((".yaml", ".yml")):
+        raise ConfigError(f"sweep file {name_or_file} does not exist")
+    return load_state(name_or_file, storage)[0]
+
+
+def check_oracles(spec, tracking_uri: str) -> None:
+    """Every transfer source that names another sweep's run is there, for every trial's seed."""
+    from mlflow.tracking import MlflowClient
+
+    from .run_artifacts import find_oracle, oracle_specs
+    from .tracking import check_reachable
+
+    configs = [(c, oracle_specs(c.eval_attacks)) for c in spec.trial_configs()]
+    if not any(named for _, named in configs):
+        return
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(spec.experiment)
+    experiment_id = found.experiment_id if found else "0"  # the source may name its own experiment
+    for config, named in configs:
+        for attack in named:
+            find_oracle(client, experiment_id, attack["source"], config.seed)
 
 
 def run(args) -> int:
@@ -35,10 +66,11 @@ def run(args) -> int:
         raise ConfigError(f"sweep {spec.name!r} already exists at {where}; `ieskips sweep resume {spec.name}` "
                           "continues it, or rename the sweep")
     if args.address:
-        check_cluster_storage(spec, tracking_uri, _connect_ray(args.address))
+        check_cluster_storage(spec, tracking_uri, connect_ray(args.address))
+    check_oracles(spec, tracking_uri)
     tracking = tuner.prepare(spec, tracking_uri)
     tuner.save_state(spec, tracking)
-    _connect_ray(args.address)
+    connect_ray(args.address)
     results = tuner.build_tuner(spec, tracking).fit()
     return _summarise(tuner.finish(spec, tracking, results), results, spec)
 
@@ -51,7 +83,7 @@ def resume(args) -> int:
     spec, tracking, path = tuner.load_state(args.name, args.storage)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {args.name!r} at {path} has no state to resume from")
-    _connect_ray(args.address)
+    connect_ray(args.address)
     tuner.prepare(spec, tracking["tracking_uri"])  # the parent run is RUNNING again
     restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
                                   resume_unfinished=True, resume_errored=True)

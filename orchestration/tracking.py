@@ -41,6 +41,11 @@ def connect(uri: str, experiment: str) -> str:
         raise ConfigError(f"cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:200]}") from None
 
 
+def check_reachable(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+
+
 def _check_server(uri: str) -> None:
     """Fail in seconds, not after MLflow's minutes of retries, when nothing listens at ``uri``."""
     import urllib.error

@@ -15,10 +15,11 @@ import torch
 from ray import tune
 
 from ieskips.config import TrialConfig
-from ieskips.training import TrainingDiverged, resolve_device, train
+from ieskips.training import Trial, TrainingDiverged, resolve_device, train
 from ieskips.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 from .manifest import manifest
+from .run_artifacts import resolve_oracles, store_model, store_results
 from .tracking import flat_params, last_logged_epoch, log_epoch, run_tags, trial_run
 
 
@@ -43,6 +44,11 @@ def run_trial(params: dict, *, base: dict, sweep: dict) -> None:
     _record_attempt(client, run_id, ray.get_runtime_context().get_node_id())
     workdir = Path(tempfile.mkdtemp(prefix="ieskips-trial-"))
     try:
+        oracles, oracle_runs = resolve_oracles(client, sweep["experiment_id"], config.eval_attacks, config.seed,
+                                               workdir / "oracles")
+        for label, oracle_run in oracle_runs.items():  # provenance: which run each transfer came from
+            client.set_tag(run_id, f"ieskips.oracle.{label}", oracle_run)
+        trial = Trial.build(config, oracles)
         resume = _restore(tune.get_checkpoint(), workdir)
         if resume is not None:
             client.set_tag(run_id, "ieskips.resumed_from_epoch", str(load_checkpoint(resume)["epoch"]))
@@ -51,12 +57,15 @@ def run_trial(params: dict, *, base: dict, sweep: dict) -> None:
             if epoch > logged:
                 log_epoch(client, run_id, epoch, metrics)
             if epoch == config.epochs:
-                # Ended before the last report: a scheduler may stop the trial at that report.
+                # Stored and ended before the last report: a scheduler may stop the trial at that report.
+                store_model(client, run_id, config, trial.model, sweep["experiment_id"], epoch)
+                store_results(client, run_id, trial.results)
                 client.set_terminated(run_id, "FINISHED")
             checkpoint = tune.Checkpoint.from_directory(str(path.parent)) if path else None
             tune.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
 
-        train(config, on_epoch=on_epoch, checkpoint_dir=workdir / "out", resume_from=resume, progress=False)
+        train(config, on_epoch=on_epoch, checkpoint_dir=workdir / "out", resume_from=resume, progress=False,
+              trial=trial)
     except TrainingDiverged as err:
         client.set_tag(run_id, "diverged", str(err))
         client.set_terminated(run_id, "FAILED")

@@ -6,6 +6,7 @@ RNG and the data order's RNG are all restored, so on CPU a resumed run ends with
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from tqdm.auto import tqdm
 
 from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
-from ..data import INFO, load_dataset, make_loader, subset
-from ..evaluation import evaluate
+from ..data import INFO, TestExamples, load_dataset, make_loader, subset, test_examples
+from ..evaluation import ExampleResults, evaluate, evaluate_examples
 from ..errors import ConfigError
 from ..models import ExplicitEuler, build_model
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -49,18 +50,22 @@ class Trial:
     train_loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader
     test_loader: torch.utils.data.DataLoader
+    test: TestExamples
     attacks: dict
     epoch: int = 0
+    results: ExampleResults | None = None  # the final evaluation's per-example results
 
     @classmethod
-    def build(cls, config: TrialConfig) -> "Trial":
+    def build(cls, config: TrialConfig, oracles: dict | None = None) -> "Trial":
+        """``oracles``: local model files for transfer sources that name another sweep's run
+        (resolved by the orchestration layer; see ``make_attack``)."""
         torch.manual_seed(config.seed)
         device = resolve_device(config.device)
-        data = dict(root=config.data_dir, download=config.download, augment=config.augment)
-        train_set = subset(load_dataset(config.dataset, True, **data), config.train_subset, config.seed)
-        # Test subsets use one fixed seed, so every trial of a sweep is scored on the same examples.
-        test_set = subset(load_dataset(config.dataset, False, **data), config.test_subset, 0)
-        eval_set = subset(test_set, config.eval_subset, 0)
+        data = dict(root=config.data_dir, download=config.download)
+        train_set = subset(load_dataset(config.dataset, True, augment=config.augment, **data),
+                           config.train_subset, config.seed)
+        test = test_examples(config.dataset, config.test_subset, **data)
+        eval_set = subset(test.dataset, config.eval_subset, 0)
         model = model_for(config).to(device)
         if config.channels_last and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -69,9 +74,9 @@ class Trial:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.lr_factor)
         loader = lambda ds, shuffle: make_loader(ds, config.batch_size, shuffle=shuffle, seed=config.seed,  # noqa: E731
                                                  num_workers=config.num_workers)
-        attacks = {attack_label(spec): make_attack(spec, model, device) for spec in config.eval_attacks}
+        attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
         return cls(config, device, model, optimizer, scheduler, loader(train_set, True), loader(eval_set, False),
-                   loader(test_set, False), attacks)
+                   loader(test.dataset, False), test, attacks)
 
     def state(self) -> dict:
         state = {"epoch": self.epoch, "config": self.config.to_dict(), "model": self.model.state_dict(),
@@ -137,14 +142,26 @@ def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def make_attack(spec: dict, model: torch.nn.Module, device: torch.device):
-    """A transfer attack's ``source`` is ``explicit`` (this model's weights, run as a vanilla ResNet)
-    or a checkpoint path (an oracle trained elsewhere, e.g. Table 4)."""
+def make_attack(spec: dict, model: torch.nn.Module, device: torch.device, oracles: dict | None = None):
+    """A transfer attack's ``source`` is ``explicit`` (this model's weights, run as a vanilla ResNet),
+    a checkpoint path (an oracle trained elsewhere), or a mapping naming another sweep's run
+    (``{sweep: table3, match: {...}, seed: same}``), which ``oracles`` maps to a local model file."""
     if spec["name"] != "transfer":
         return build_attack(spec)
     source = spec["source"]
+    if isinstance(source, dict):
+        path = (oracles or {}).get(source_key(source))
+        if path is None:
+            raise ConfigError(f"transfer source {source} names a sweep's run: only `ieskips sweep run` and "
+                              "`ieskips evaluate --run/--sweep` resolve it (or give a checkpoint path)")
+        return build_attack(spec, source_model=load_model(path, device))
     oracle = ExplicitEuler(model) if source == "explicit" else load_model(source, device)
     return build_attack(spec, source_model=oracle)
+
+
+def source_key(source: dict) -> str:
+    """A transfer source mapping as a stable string, the key of ``oracles``."""
+    return json.dumps(source, sort_keys=True)
 
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
@@ -153,7 +170,8 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
 
     After each epoch ``on_epoch(epoch, metrics, checkpoint_path_or_None)`` is called with train loss
     and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed; the
-    last epoch's metrics also hold the final ones, so a caller can report everything at once.
+    last epoch's metrics also hold the final ones, so a caller can report everything at once; the final
+    evaluation's per-example results are then on ``trial.results`` (pass ``trial`` to keep a handle).
     ``trial`` may be built beforehand (``Trial.build(config)``) so that a caller fails on missing data
     before it opens a run anywhere.
     """
@@ -166,8 +184,10 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
         metrics = trial.train_epoch(show)
         metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
         if trial.epoch == config.epochs:  # the final evaluation travels with the last epoch's report
-            final = evaluate(trial.model, trial.test_loader, trial.attacks, trial.device, progress=show)
-            final = {f"final/{k}": v for k, v in final.items()}
+            trial.results = evaluate_examples(trial.model, trial.test_loader, trial.attacks, trial.device,
+                                              identity=trial.test.identity, indices=trial.test.indices,
+                                              progress=show)
+            final = {f"final/{k}": v for k, v in trial.results.accuracies().items()}
             metrics.update(final)
         path = None
         if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):

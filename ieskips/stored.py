@@ -1,0 +1,72 @@
+"""A stored model: its resolved config and weights in one file that loads with
+``torch.load(weights_only=True)``, and its evaluation on its own test examples.
+
+The file has the keys of a training checkpoint that a model needs (``config``, ``model``), so a
+checkpoint, a stored model and ``ieskips evaluate --checkpoint`` are interchangeable. Evaluating a
+stored model goes through ``ieskips.evaluation.evaluate_examples``, the path of a trial's final
+evaluation, on the same test examples (the config's ``test_subset``, drawn with the same fixed seed).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from .attacks import attack_label
+from .config import TrialConfig
+from .data import make_loader, test_examples
+from .errors import ConfigError
+from .evaluation import ExampleResults, evaluate_examples
+from .training import load_checkpoint, make_attack, model_for, resolve_device, save_checkpoint
+
+MODEL_FILE = "weights.pt"
+
+
+def model_state(config: TrialConfig, model: torch.nn.Module) -> dict:
+    return {"config": config.to_dict(), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def save_model(config: TrialConfig, model: torch.nn.Module, path: str | Path) -> Path:
+    return save_checkpoint(model_state(config, model), path)
+
+
+def read_model(path: str | Path) -> dict:
+    """The ``config`` and ``model`` of a stored model or checkpoint; ConfigError when the file is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    try:
+        state = load_checkpoint(path)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable ieskips model file (torch.load with weights_only: "
+                          f"{type(err).__name__})") from None
+    if not isinstance(state, dict) or not {"config", "model"} <= set(state):
+        raise ConfigError(f"{path} is not an ieskips model file (it needs the keys 'config' and 'model')")
+    build(state)  # the weights fit the model the config describes
+    return state
+
+
+def build(state: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The stored model, in eval mode on ``device``."""
+    model = model_for(TrialConfig.from_dict(state["config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"stored weights do not fit the stored config: {str(err).splitlines()[0][:160]}") from None
+    return model.to(device).eval()
+
+
+def evaluate_stored(state: dict, specs, *, device: str | None = None, oracles: dict | None = None,
+                    subset: int | None = None, progress: bool | None = False) -> ExampleResults:
+    """Attack a stored model with the attack ``specs`` on its test examples (``subset``: a smaller
+    draw of them). ``oracles``: local files for transfer sources that name a sweep's run."""
+    config = TrialConfig.from_dict({**state["config"], **({"test_subset": subset} if subset else {})})
+    where = resolve_device(device or config.device)
+    model = build(state, where)
+    test = test_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
+    loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed)
+    attacks = {attack_label(spec): make_attack(spec, model, where, oracles) for spec in specs}
+    torch.manual_seed(config.seed)  # the attacks' random starts, repeatable
+    return evaluate_examples(model, loader, attacks, where, identity=test.identity, indices=test.indices,
+                             progress=progress)
