@@ -137,12 +137,29 @@ def plan(client, runs, specs: list[dict] | None, force: bool, folder: Path) -> l
         state = stored_model(client, run.info.run_id, folder / run.info.run_id)
         own = specs if specs is not None else list(state["config"]["eval_attacks"])
         check_specs(own, state["config"])
+        _check_same_specs(run, own, state["config"]["eval_attacks"])
         todo = to_do(client, run, own, force)
         for spec in oracle_specs(todo):
             find_oracle(client, run.info.experiment_id, spec["source"], state["config"]["seed"])
         if todo:
             work.append((run, todo))
     return work
+
+
+def _check_same_specs(run, specs, trained_with) -> None:
+    """A label names one attack: the same label with other settings would merge two different attacks."""
+    known = {attack_label(s): s for s in trained_with}
+    known.update({k.removeprefix(EVAL_TAG): json.loads(v)["spec"] for k, v in run.data.tags.items()
+                  if k.startswith(EVAL_TAG)})
+    for spec in specs:
+        label = attack_label(spec)
+        if label in known and _settings(known[label]) != _settings(spec):
+            raise ConfigError(f"run {run.info.run_id} already has attack {label!r} as {_settings(known[label])}; "
+                              f"give {_settings(spec)} its own label (label: NAME in the spec)")
+
+
+def _settings(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "label"}
 
 
 def finished_runs(client, experiment_id: str, sweep: str, match: dict) -> list:
