@@ -26,7 +26,14 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 	  || echo "WARNING: could not install Debian's chromium: tests/e2e/test_mlflow_ui.py will fail" >&2
 
-test: $(STAMP) $(CHROMIUM)
+# Debian's PostgreSQL, the MLflow backend store of tests/orchestration/test_evaluation_cluster.py (as
+# docker compose runs it), installed only when missing. Without it that test fails (it never skips).
+POSTGRES := /usr/lib/postgresql
+$(POSTGRES):
+	DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql \
+	  || echo "WARNING: could not install Debian's postgresql: tests/orchestration/test_evaluation_cluster.py will fail" >&2
+
+test: $(STAMP) $(CHROMIUM) $(POSTGRES)
 	$(BIN)/python -m pytest
 
 benchmark: $(STAMP)

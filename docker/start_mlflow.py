@@ -31,7 +31,8 @@ def check(env) -> None:
 def database_uri(env, database: str) -> str:
     user = env.get("POSTGRES_USER") or "mlflow"
     host = env.get("POSTGRES_HOST") or "postgres:5432"
-    return f"postgresql://{quote(user, safe='')}:{quote(env['POSTGRES_PASSWORD'], safe='')}@{host}/{database}"
+    # The driver by name: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, and the image has psycopg2.
+    return f"postgresql+psycopg2://{quote(user, safe='')}:{quote(env['POSTGRES_PASSWORD'], safe='')}@{host}/{database}"
 
 
 def auth_config(env) -> str:

@@ -72,12 +72,13 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real ``mlflow server`` on loopback with a SQLite backend; stopped by its PID.
+    """A real ``mlflow server`` on loopback with a SQLite backend (or ``backend``); stopped by its PID.
 
     ``admin_password``: serve the basic-auth app (``mlflow[auth]``) with that admin password; its user
     store is a SQLite file in ``folder`` too. ``log``: where the server's output goes (default: nowhere)."""
 
-    def __init__(self, folder: Path, admin_password: str | None = None, log: Path | None = None):
+    def __init__(self, folder: Path, admin_password: str | None = None, log: Path | None = None,
+                 backend: str | None = None):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.auth = ("admin", admin_password) if admin_password else None
@@ -94,7 +95,7 @@ class MlflowServer:
         out = open(log, "ab") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--backend-store-uri", backend or f"sqlite:///{folder / 'server.db'}",
              "--artifacts-destination", str(folder / "artifacts"), *extra],
             cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         if log:
@@ -118,6 +119,44 @@ class MlflowServer:
 
     def stop(self):
         stop_process_group(self.proc)
+
+
+class Postgres:
+    """Debian's PostgreSQL (the Makefile installs it), a fresh cluster in a new folder under /tmp listening
+    on 127.0.0.1 only, as the compose file runs it for MLflow; trust authentication, for loopback tests.
+    PostgreSQL refuses to run as root: as root, its programs run as the ``postgres`` user (so the folder
+    is not under pytest's private temp directory, which that user cannot enter)."""
+
+    def __init__(self, database: str = "mlflow"):
+        import pwd
+
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
+
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+        assert versions, "PostgreSQL is not installed: apt-get install postgresql (make test does)"
+        binaries, self.data = versions[-1].parent, folder / "pgdata"
+        self.data.mkdir(parents=True)
+        self.as_user = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (folder, self.data):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*self.as_user, binaries / "initdb", "-D", self.data, "-A", "trust", "-U", "mlflow"],
+                       check=True, capture_output=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [*self.as_user, binaries / "postgres", "-D", self.data, "-h", "127.0.0.1", "-p", str(self.port),
+             "-k", self.data], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: subprocess.run([binaries / "pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
+                                        capture_output=True).returncode == 0, 60)
+        subprocess.run([binaries / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlflow", database],
+                       check=True, capture_output=True)
+        self.uri = f"postgresql+psycopg2://mlflow@127.0.0.1:{self.port}/{database}"
+
+    def stop(self):
+        stop_process_group(self.proc)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def descendants(pid: int) -> list[int]:

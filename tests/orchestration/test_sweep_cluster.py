@@ -3,27 +3,9 @@ import threading
 
 import pytest
 
-from .helpers import MlflowServer, ray_env, runs, wait_for, write_spec
+from .helpers import MlflowServer, runs, wait_for, write_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-@pytest.fixture
-def cluster(monkeypatch):
-    from ray.cluster_utils import Cluster
-
-    for key, value in ray_env().items():
-        monkeypatch.setenv(key, value)
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={
-        "num_cpus": 1, "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                                          "health_check_failure_threshold": 5}})
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster, worker
-    import ray
-
-    ray.shutdown()
-    cluster.shutdown()
 
 
 @pytest.fixture
