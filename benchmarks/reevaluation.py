@@ -51,7 +51,7 @@ def measure(spec_path: Path) -> dict:
 
     from ieskips.attacks import build_attack
     from ieskips.config import TrialConfig
-    from ieskips.data import make_loader, test_examples
+    from ieskips.data import make_loader, scored_examples
     from ieskips.evaluation import correct_masks
     from ieskips.stored import build
     from orchestration.cli import main as cli
@@ -71,7 +71,7 @@ def measure(spec_path: Path) -> dict:
     for run in runs:  # the attack as the trial's final evaluation runs it
         state = stored_model(client, run.info.run_id, Path.cwd() / "dl" / run.info.run_id)
         config = TrialConfig.from_dict(state["config"])
-        test = test_examples(config.dataset, config.test_subset, root=config.data_dir)
+        test = scored_examples(config.dataset, config.test_subset, root=config.data_dir)
         loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed)
         model = build(state)
         start = time.perf_counter()

@@ -104,7 +104,7 @@ def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
 
 
 @dataclass(frozen=True)
-class TestExamples:
+class ScoredExamples:
     """The test examples a model is scored on, named so that results from different runs and times
     compose: per example, its index in the whole test set, and the whole set's identity."""
 
@@ -113,13 +113,13 @@ class TestExamples:
     identity: str  # "<name>-test-<size>-<content hash>" of the whole test set
 
 
-def test_examples(name: str, size: int | None, *, root: str | Path = "data", download: bool = False) -> TestExamples:
+def scored_examples(name: str, size: int | None, *, root: str | Path = "data", download: bool = False) -> ScoredExamples:
     """The test set's seeded subset of ``size`` (all when None). The subset's seed is fixed (0), so every
     trial and every later evaluation of a sweep scores the same examples."""
     whole = load_dataset(name, False, root=root, download=download)
     chosen = subset(whole, size, 0)
     indices = torch.as_tensor(chosen.indices if isinstance(chosen, Subset) else range(len(whole)), dtype=torch.long)
-    return TestExamples(chosen, indices, identity(name, whole))
+    return ScoredExamples(chosen, indices, identity(name, whole))
 
 
 def identity(name: str, dataset: Dataset) -> str:

@@ -72,7 +72,7 @@ def evaluate(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], 
 class ExampleResults:
     """Per example, whether the model was right: ``masks["natural"]`` and one mask per attack label
     (right on the clean and on the adversarial input), over the test examples ``indices`` of the test
-    set ``identity`` (see ``ieskips.data.TestExamples``)."""
+    set ``identity`` (see ``ieskips.data.ScoredExamples``)."""
 
     identity: str
     indices: torch.Tensor

@@ -15,7 +15,7 @@ import torch
 
 from .attacks import attack_label
 from .config import TrialConfig
-from .data import make_loader, test_examples
+from .data import make_loader, scored_examples
 from .errors import ConfigError
 from .evaluation import ExampleResults, evaluate_examples
 from .training import load_checkpoint, make_attack, model_for, resolve_device, save_checkpoint
@@ -64,7 +64,7 @@ def evaluate_stored(state: dict, specs, *, device: str | None = None, oracles: d
     config = TrialConfig.from_dict({**state["config"], **({"test_subset": subset} if subset else {})})
     where = resolve_device(device or config.device)
     model = build(state, where)
-    test = test_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
+    test = scored_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
     loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed)
     attacks = {attack_label(spec): make_attack(spec, model, where, oracles) for spec in specs}
     torch.manual_seed(config.seed)  # the attacks' random starts, repeatable

@@ -163,12 +163,12 @@ def _evaluate_sweep(args, specs) -> int:
 
 def _audit(state: dict, specs) -> None:
     from ieskips.audit import audit
-    from ieskips.data import make_loader, test_examples
+    from ieskips.data import make_loader, scored_examples
     from ieskips.stored import build
 
     config = TrialConfig.from_dict(state["config"])
     device = resolve_device(config.device)
-    test = test_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
+    test = scored_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
     eps = next((spec["eps"] for spec in specs or config.eval_attacks if "eps" in spec), 8 / 255)
     report = audit(build(state, device), make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed),
                    device, eps=eps)

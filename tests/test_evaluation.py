@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ieskips.data import test_examples
+from ieskips.data import scored_examples
 from ieskips.evaluation import ExampleResults, accuracies
 
 pytestmark = pytest.mark.unit
@@ -50,9 +50,9 @@ def test_accuracies_count_clean_mistakes_as_not_robust():
     assert accuracies({"natural": torch.tensor([True, False]), "a": torch.tensor([True, False])})["robust_acc/a"] == 0.5
 
 
-def test_test_examples_are_the_same_draw_every_time_and_named_by_content():
-    a, b = test_examples("digits", 64), test_examples("digits", 64)
+def test_scored_examples_are_the_same_draw_every_time_and_named_by_content():
+    a, b = scored_examples("digits", 64), scored_examples("digits", 64)
     assert torch.equal(a.indices, b.indices) and len(a.indices) == 64 == len(a.dataset)
     assert a.identity == b.identity and a.identity.startswith("digits-test-360-")
-    assert torch.equal(test_examples("digits", None).indices, torch.arange(360))
-    assert test_examples("fake", 8).identity != a.identity
+    assert torch.equal(scored_examples("digits", None).indices, torch.arange(360))
+    assert scored_examples("fake", 8).identity != a.identity

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
-from ..data import INFO, TestExamples, load_dataset, make_loader, subset, test_examples
+from ..data import INFO, ScoredExamples, load_dataset, make_loader, subset, scored_examples
 from ..evaluation import ExampleResults, evaluate, evaluate_examples
 from ..errors import ConfigError
 from ..models import ExplicitEuler, build_model
@@ -50,7 +50,7 @@ class Trial:
     train_loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader
     test_loader: torch.utils.data.DataLoader
-    test: TestExamples
+    test: ScoredExamples
     attacks: dict
     epoch: int = 0
     results: ExampleResults | None = None  # the final evaluation's per-example results
@@ -64,7 +64,7 @@ class Trial:
         data = dict(root=config.data_dir, download=config.download)
         train_set = subset(load_dataset(config.dataset, True, augment=config.augment, **data),
                            config.train_subset, config.seed)
-        test = test_examples(config.dataset, config.test_subset, **data)
+        test = scored_examples(config.dataset, config.test_subset, **data)
         eval_set = subset(test.dataset, config.eval_subset, 0)
         model = model_for(config).to(device)
         if config.channels_last and device.type == "cuda":
