@@ -58,6 +58,9 @@ class TrialConfig(BaseModel):
         {"name": "fgsm", "eps": 8 / 255},
         {"name": "pgd", "eps": 8 / 255, "alpha": 1 / 255, "steps": 20},
     )
+    # --- stability diagnostics (ieskips.diagnostics): is the paper's mechanism why a model is robust?
+    diagnostics: bool = False  # log Props. 2/3 fractions, residuals, stage gains each epoch (costly on tiny sets)
+    diagnostics_examples: int = Field(64, ge=1)  # test examples they use (a fixed draw); cost grows linearly
     # --- run
     seed: int = 0  # seeds torch, the data order and the attacks' random starts
     device: str = "auto"  # "auto" = the GPU when one is visible (Ray sets which), else CPU

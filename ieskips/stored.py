@@ -15,7 +15,8 @@ import torch
 
 from .attacks import attack_label
 from .config import TrialConfig
-from .data import make_loader, scored_examples
+from .data import make_loader, scored_examples, subset
+from .diagnostics import diagnose
 from .errors import ConfigError
 from .evaluation import ExampleResults, evaluate_examples
 from .training import load_checkpoint, make_attack, model_for, resolve_device, save_checkpoint
@@ -61,12 +62,29 @@ def evaluate_stored(state: dict, specs, *, device: str | None = None, oracles: d
                     subset: int | None = None, progress: bool | None = False) -> ExampleResults:
     """Attack a stored model with the attack ``specs`` on its test examples (``subset``: a smaller
     draw of them). ``oracles``: local files for transfer sources that name a sweep's run."""
-    config = TrialConfig.from_dict({**state["config"], **({"test_subset": subset} if subset else {})})
+    config, model, where, test, loader = _prepared(state, device, subset)
+    attacks = {attack_label(spec): make_attack(spec, model, where, oracles) for spec in specs}
+    return evaluate_examples(model, loader, attacks, where, identity=test.identity, indices=test.indices,
+                             progress=progress)
+
+
+def diagnose_stored(state: dict, spec: dict | None, *, device: str | None = None,
+                    oracles: dict | None = None) -> dict[str, float]:
+    """The stability diagnostics of a stored model on its config's ``diagnostics_examples`` test
+    examples (the draw a trial with ``diagnostics: true`` uses), stage gains along ``spec``'s attack
+    (the strongest the run has faced; None: no stage gains)."""
+    config, model, where, test, _ = _prepared(state, device, None)
+    loader = make_loader(subset(test.dataset, config.diagnostics_examples, 0), config.batch_size, shuffle=False,
+                         seed=config.seed)
+    attacks = {"x": make_attack(spec, model, where, oracles)} if spec else {}
+    return diagnose(model, loader, attacks, {}, device=where, max_examples=None)
+
+
+def _prepared(state: dict, device: str | None, size: int | None):
+    config = TrialConfig.from_dict({**state["config"], **({"test_subset": size} if size else {})})
     where = resolve_device(device or config.device)
     model = build(state, where)
     test = scored_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
     loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed)
-    attacks = {attack_label(spec): make_attack(spec, model, where, oracles) for spec in specs}
     torch.manual_seed(config.seed)  # the attacks' random starts, repeatable
-    return evaluate_examples(model, loader, attacks, where, identity=test.identity, indices=test.indices,
-                             progress=progress)
+    return config, model, where, test, loader

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="attack as YAML, e.g. '{name: pgd, eps: 0.031, steps: 100}' (repeatable; "
                                "default: the model's eval_attacks)")
     evaluate.add_argument("--audit", action="store_true", help="run the gradient-masking audit too")
+    evaluate.add_argument("--diagnostics", action="store_true",
+                          help="measure the stability diagnostics too (Props. 2/3, residuals, stage gains)")
     evaluate.add_argument("--subset", type=int, default=None, help="--checkpoint: this many test examples")
     evaluate.add_argument("--match", action="append", default=[], metavar="KEY=VALUE",
                           help="--sweep: only trials with this config value (repeatable)")

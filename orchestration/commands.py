@@ -6,9 +6,10 @@ from pathlib import Path
 
 import yaml
 
+from ieskips.attacks import attack_label
 from ieskips.config import TrialConfig, load_config, parse_overrides
 from ieskips.errors import ConfigError
-from ieskips.stored import evaluate_stored
+from ieskips.stored import diagnose_stored, evaluate_stored
 from ieskips.training import Trial, TrainingDiverged, resolve_device, train as train_trial
 
 from .evaluation_job import check_specs, evaluate_run, finished_runs, new_job, plan, run_on_ray
@@ -92,9 +93,14 @@ def evaluate(args) -> int:
 
         state = read_model(args.checkpoint)
         check_specs(specs or [], state["config"])
-        results = evaluate_stored(state, specs or state["config"]["eval_attacks"], subset=args.subset, progress=None)
+        specs = specs or state["config"]["eval_attacks"]
+        results = evaluate_stored(state, specs, subset=args.subset, progress=None)
         rows = [(Path(args.checkpoint).name, {f"final/{k}": v for k, v in results.accuracies().items()})]
         print(_table(rows))
+        if args.diagnostics:
+            accuracy = results.accuracies()
+            spec = min(specs, key=lambda s: accuracy[f"robust_acc/{attack_label(s)}"], default=None)
+            print(_listing(diagnose_stored(state, spec)))
     elif args.run:
         state = _evaluate_run(args, specs)
     else:
@@ -117,13 +123,15 @@ def _evaluate_run(args, specs) -> dict:
     except Exception as err:  # noqa: BLE001  (mlflow raises several types for a missing run)
         raise ConfigError(f"no run {args.run} at {uri}: {str(err).splitlines()[0][:160]}") from None
     with tempfile.TemporaryDirectory() as tmp:
-        work = plan(client, [run], specs, args.force, Path(tmp))
+        work = plan(client, [run], specs, args.force, Path(tmp), args.diagnostics)
         state = stored_model(client, args.run, Path(tmp))
     if not work:
         print(f"run {args.run}: every attack already evaluated (--force runs them again)")
         return state
-    result = evaluate_run(uri, args.run, work[0][1], job=new_job(), force=args.force)
+    result = evaluate_run(uri, args.run, work[0][1], job=new_job(), force=args.force, diagnostics=args.diagnostics)
     print(_table([(run.info.run_name or args.run, result["metrics"])]))
+    if args.diagnostics:
+        print(_listing(result["metrics"]))
     return state
 
 
@@ -140,7 +148,7 @@ def _evaluate_sweep(args, specs) -> int:
     experiment_id = connect(uri, spec.experiment)
     runs = finished_runs(client, experiment_id, spec.name, parse_overrides(args.match))
     with tempfile.TemporaryDirectory() as tmp:
-        work = plan(client, runs, specs, args.force, Path(tmp))
+        work = plan(client, runs, specs, args.force, Path(tmp), args.diagnostics)
     print(f"sweep {spec.name}: {len(runs)} finished trials, {len(work)} to evaluate, {len(runs) - len(work)} "
           "skipped (every attack already evaluated; --force runs them again)")
     if not work:
@@ -148,7 +156,7 @@ def _evaluate_sweep(args, specs) -> int:
     connect_ray(args.address)
     failed, rows = 0, []
     for run, result, error in run_on_ray(uri, work, job=new_job(), force=args.force, resources=spec.resources,
-                                         retries=spec.retries):
+                                         retries=spec.retries, diagnostics=args.diagnostics):
         name = run.info.run_name or run.info.run_id
         if error:
             failed += 1
@@ -159,6 +167,14 @@ def _evaluate_sweep(args, specs) -> int:
         print(_table(rows))
     print(f"sweep {spec.name}: {len(rows)} evaluated, {failed} failed")
     return 1 if failed else 0
+
+
+def _listing(metrics: dict) -> str:
+    """The diagnostics' summary lines (every block's values are in the run's metrics)."""
+    keys = ("diag/stable_frac/all", "diag/prop2_frac/all", "diag/prop3_frac/all", "diag/residual/mean",
+            "diag/residual_explicit/mean", "diag/stage_gain/mean", "diag/converged_frac")
+    values = {k.removeprefix("final/"): v for k, v in metrics.items()}
+    return "\n".join(f"{key:<32}{values[key]:.4f}" for key in keys if key in values)
 
 
 def _audit(state: dict, specs) -> None:
@@ -203,10 +219,16 @@ def demo(args) -> int:
     return 0
 
 
+DIAGNOSTICS_COLUMNS = ("final/diag/stable_frac/all", "final/diag/residual/mean", "final/diag/stage_gain/mean")
+
+
 def _table(rows) -> str:
-    keys = sorted({k for _, r in rows for k in r if k.startswith("final/")},
-                  key=lambda k: (k != "final/natural_acc", k.endswith("worst"), k))
-    head = f"{'model':<16}" + "".join(f"{k.removeprefix('final/').removeprefix('robust_acc/'):>22}" for k in keys)
+    """Accuracies per model (and the diagnostics' three headline numbers; the rest are in the run)."""
+    keys = sorted({k for _, r in rows for k in r if k.startswith(("final/natural_acc", "final/robust_acc/"))
+                   or k in DIAGNOSTICS_COLUMNS},
+                  key=lambda k: (k != "final/natural_acc", k.startswith("final/diag"), k.endswith("worst"), k))
+    head = f"{'model':<16}" + "".join(f"{k.removeprefix('final/').removeprefix('robust_acc/').removesuffix('/all'):>22}"
+                                      for k in keys)
     lines = [head] + [f"{name:<16}" + "".join(f"{r.get(k, float('nan')):>22.4f}" for k in keys) for name, r in rows]
     return "\n".join(lines)
 

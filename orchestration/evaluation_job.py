@@ -24,13 +24,13 @@ from ieskips import __version__
 from ieskips.attacks import attack_label
 from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
-from ieskips.stored import evaluate_stored
+from ieskips.stored import diagnose_stored, evaluate_stored
 
 from .manifest import git_state
 from .run_artifacts import find_oracle, oracle_specs, resolve_oracles, stored_labels, stored_model, stored_results, \
     store_results
 
-EVAL_TAG, NODES_TAG = "ieskips.eval.", "ieskips.eval_nodes"
+EVAL_TAG, NODES_TAG, DIAGNOSTICS = "ieskips.eval.", "ieskips.eval_nodes", "diagnostics"
 WORST = "robust_acc/worst"
 
 
@@ -54,10 +54,15 @@ def _job_of(run, label: str) -> str | None:
     return json.loads(text).get("job") if text else None
 
 
+def needs_diagnostics(run, force: bool, job: str | None = None) -> bool:
+    return (force or "final/diag/examples" not in run.data.metrics) and _job_of(run, DIAGNOSTICS) != (job or "")
+
+
 def evaluate_run(tracking_uri: str, run_id: str, specs: list[dict], *, job: str, force: bool = False,
-                 threads: int | None = None) -> dict:
-    """Attack run ``run_id``'s stored model with ``specs`` (those it lacks) and write the results back.
-    Returns the run's new metrics and timings (seconds: ``attack`` inside the evaluation, ``total``)."""
+                 diagnostics: bool = False, threads: int | None = None) -> dict:
+    """Attack run ``run_id``'s stored model with ``specs`` (those it lacks) and, with ``diagnostics``,
+    measure its stability; write the results back. Returns the run's new metrics and timings
+    (seconds: ``attack`` inside the evaluation, ``total``)."""
     import ray
     import torch
     from mlflow.tracking import MlflowClient
@@ -68,24 +73,51 @@ def evaluate_run(tracking_uri: str, run_id: str, specs: list[dict], *, job: str,
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     todo = to_do(client, run, specs, force, job)
-    if not todo:
-        return {"run_id": run_id, "evaluated": [], "metrics": {}, "attack": 0.0, "total": time.perf_counter() - start}
-    if ray.is_initialized():
+    diagnose_now = diagnostics and needs_diagnostics(run, force, job)
+    done = {"run_id": run_id, "evaluated": [attack_label(s) for s in todo] + [DIAGNOSTICS] * diagnose_now,
+            "metrics": {}, "attack": 0.0}
+    if ray.is_initialized() and done["evaluated"]:
         _record_node(client, run, ray.get_runtime_context().get_node_id())
     with tempfile.TemporaryDirectory() as tmp:
-        state = stored_model(client, run_id, Path(tmp) / "model")
-        config = TrialConfig.from_dict(state["config"])
-        oracles, oracle_runs = resolve_oracles(client, run.info.experiment_id, todo, config.seed, Path(tmp) / "oracles")
-        began = time.perf_counter()
-        new = evaluate_stored(state, todo, oracles=oracles)
-        attack_seconds = time.perf_counter() - began
-        previous = stored_results(client, run_id, Path(tmp) / "results")
-        merged = previous.merge(new) if previous else new
-        store_results(client, run_id, merged, labels=list(new.masks))
-    metrics = _metrics(merged, [attack_label(s) for s in todo], run.data.metrics)
-    _log(client, run_id, metrics, _tags(todo, job, oracle_runs), config.epochs)
-    return {"run_id": run_id, "evaluated": [attack_label(s) for s in todo], "metrics": metrics,
-            "attack": attack_seconds, "total": time.perf_counter() - start}
+        folder = Path(tmp)
+        state = stored_model(client, run_id, folder / "model") if done["evaluated"] else None
+        tags = {}
+        if todo:
+            began = time.perf_counter()
+            done["metrics"], tags = _attack(client, run, state, todo, job, folder)
+            done["attack"] = time.perf_counter() - began
+        if diagnose_now:
+            metrics, more = _diagnose(client, run, state, {**run.data.metrics, **done["metrics"]}, job, folder)
+            done["metrics"].update(metrics)
+            tags.update(more)
+    if tags:
+        _log(client, run_id, done["metrics"], tags, state["config"]["epochs"])
+    return {**done, "total": time.perf_counter() - start}
+
+
+def _attack(client, run, state: dict, todo: list[dict], job: str, folder: Path) -> tuple[dict, dict]:
+    """Per-example results of ``todo``, merged with those stored and stored; the metrics and tags."""
+    seed = state["config"]["seed"]
+    oracles, oracle_runs = resolve_oracles(client, run.info.experiment_id, todo, seed, folder / "oracles")
+    new = evaluate_stored(state, todo, oracles=oracles)
+    previous = stored_results(client, run.info.run_id, folder / "results")
+    merged = previous.merge(new) if previous else new
+    store_results(client, run.info.run_id, merged, labels=list(new.masks))
+    tags = _tags({attack_label(s): s for s in todo}, job)
+    tags.update({f"ieskips.oracle.{label}": oracle for label, oracle in oracle_runs.items()})
+    return _metrics(merged, [attack_label(s) for s in todo], run.data.metrics), tags
+
+
+def _diagnose(client, run, state: dict, metrics: dict, job: str, folder: Path) -> tuple[dict, dict]:
+    """Stability diagnostics, stage gains along the strongest attack the run has faced."""
+    known = _known_specs(run, state["config"]["eval_attacks"])
+    label = min(known, key=lambda k: metrics.get(f"final/robust_acc/{k}", math.inf), default=None)
+    spec = known.get(label)
+    oracles, _ = resolve_oracles(client, run.info.experiment_id, [spec] if spec else [], state["config"]["seed"],
+                                 folder / "diagnostics")
+    values = diagnose_stored(state, spec, oracles=oracles)
+    along = {"examples": TrialConfig.from_dict(state["config"]).diagnostics_examples, "stage_gain_along": label}
+    return {f"final/{k}": v for k, v in values.items()}, _tags({DIAGNOSTICS: along}, job)
 
 
 def _metrics(merged, labels, logged: dict) -> dict:
@@ -97,12 +129,12 @@ def _metrics(merged, labels, logged: dict) -> dict:
     return out
 
 
-def _tags(specs, job: str, oracle_runs: dict) -> dict:
+def _tags(specs: dict, job: str) -> dict:
+    """One tag per evaluated label: what ran (the spec), when, with which code, in which job."""
     code = {"ieskips": __version__, "commit": git_state()["commit"]}
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    tags = {EVAL_TAG + attack_label(s): json.dumps({"spec": s, "when": when, "code": code, "job": job})
-            for s in specs}
-    return {**tags, **{f"ieskips.oracle.{label}": run for label, run in oracle_runs.items()}}
+    return {EVAL_TAG + label: json.dumps({"spec": spec, "when": when, "code": code, "job": job})
+            for label, spec in specs.items()}
 
 
 def _log(client, run_id: str, metrics: dict, tags: dict, step: int) -> None:
@@ -129,9 +161,10 @@ def check_specs(specs: list[dict], config: dict) -> None:
     TrialConfig.from_dict({**config, "eval_attacks": specs})
 
 
-def plan(client, runs, specs: list[dict] | None, force: bool, folder: Path) -> list[tuple]:
-    """``(run, specs to run)`` for every run with work; each run's stored model is read and each named
-    oracle found first, so a missing or unreadable one stops the job before anything is written."""
+def plan(client, runs, specs: list[dict] | None, force: bool, folder: Path, diagnostics: bool = False) -> list[tuple]:
+    """``(run, specs to run)`` for every run with work (attacks it lacks, or ``diagnostics``); each run's
+    stored model is read and each named oracle found first, so a missing or unreadable one stops the
+    job before anything is written."""
     work = []
     for run in runs:
         state = stored_model(client, run.info.run_id, folder / run.info.run_id)
@@ -141,16 +174,22 @@ def plan(client, runs, specs: list[dict] | None, force: bool, folder: Path) -> l
         todo = to_do(client, run, own, force)
         for spec in oracle_specs(todo):
             find_oracle(client, run.info.experiment_id, spec["source"], state["config"]["seed"])
-        if todo:
+        if todo or (diagnostics and needs_diagnostics(run, force)):
             work.append((run, todo))
     return work
 
 
-def _check_same_specs(run, specs, trained_with) -> None:
-    """A label names one attack: the same label with other settings would merge two different attacks."""
+def _known_specs(run, trained_with) -> dict:
+    """Every attack the run has faced, by label: at training time and in later evaluations."""
     known = {attack_label(s): s for s in trained_with}
     known.update({k.removeprefix(EVAL_TAG): json.loads(v)["spec"] for k, v in run.data.tags.items()
-                  if k.startswith(EVAL_TAG)})
+                  if k.startswith(EVAL_TAG) and k != EVAL_TAG + DIAGNOSTICS})
+    return known
+
+
+def _check_same_specs(run, specs, trained_with) -> None:
+    """A label names one attack: the same label with other settings would merge two different attacks."""
+    known = _known_specs(run, trained_with)
     for spec in specs:
         label = attack_label(spec)
         if label in known and _settings(known[label]) != _settings(spec):
@@ -175,15 +214,16 @@ def finished_runs(client, experiment_id: str, sweep: str, match: dict) -> list:
     return sorted(runs, key=lambda r: r.info.run_name or "")
 
 
-def run_on_ray(tracking_uri: str, work: list[tuple], *, job: str, force: bool, resources, retries: int):
+def run_on_ray(tracking_uri: str, work: list[tuple], *, job: str, force: bool, resources, retries: int,
+               diagnostics: bool = False):
     """One Ray task per run with the sweep's per-trial resources; a task whose node is lost is retried
     elsewhere (Ray's system-failure retries), an error in the evaluation itself is not."""
     import ray
 
     task = ray.remote(evaluate_run).options(num_cpus=resources.cpu, num_gpus=resources.gpu,
                                             max_retries=max(1, retries), retry_exceptions=False)
-    pending = {task.remote(tracking_uri, run.info.run_id, todo, job=job, force=force, threads=resources.cpu): run
-               for run, todo in work}
+    pending = {task.remote(tracking_uri, run.info.run_id, todo, job=job, force=force, diagnostics=diagnostics,
+                           threads=resources.cpu): run for run, todo in work}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready[0])

@@ -57,7 +57,7 @@ def cells(runs: pd.DataFrame, report: Report) -> pd.DataFrame:
         for label, members in _groups(runs, report, row):
             good = _usable(members)
             for i, col in enumerate(columns):
-                values = (good[col.metric].dropna() * 100) if col.metric in good else pd.Series(dtype=float)
+                values = (good[col.metric].dropna() * col.scale) if col.metric in good else pd.Series(dtype=float)
                 published = row.published[i] if i < len(row.published) else None
                 records.append(_record(label, col, values, published, _state(members, good, values), good))
     return pd.DataFrame.from_records(records)
@@ -105,7 +105,7 @@ def gaps(runs: pd.DataFrame, report: Report) -> pd.DataFrame:
         for col in [c for c in report.columns if c.metric.startswith("final/robust_acc")] + [WORST]:
             if col.metric not in ours or col.metric not in base:
                 continue
-            paired = ours.set_index("p.seed")[col.metric].sub(base.set_index("p.seed")[col.metric]).dropna() * 100
+            paired = ours.set_index("p.seed")[col.metric].sub(base.set_index("p.seed")[col.metric]).dropna() * col.scale
             n = len(paired)
             half = stats.t.ppf(0.975, n - 1) * paired.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
             records.append({"row": row.label, "baseline": row.baseline, "column": col.label, "n": n,
@@ -162,7 +162,9 @@ def figure(long: pd.DataFrame, runs: pd.DataFrame, report: Report, client, path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in report.rows:
+    if report.x_metric:
+        _scatter(ax, runs, report)
+    for row in () if report.x_metric else report.rows:
         for col in report.columns:
             xs, mean, std = _series(long, runs, report, row, col, client)
             if len(xs):
@@ -172,8 +174,9 @@ def figure(long: pd.DataFrame, runs: pd.DataFrame, report: Report, client, path:
         if report.x == "columns" and any(v is not None for v in row.published):
             points = [(c.x, v) for c, v in zip(report.columns, row.published) if v is not None]
             ax.scatter(*zip(*points), marker="x", color="black", label=f"{row.label} (paper)")
-    ax.set_xlabel({"columns": "attack steps", "epoch": "epoch"}.get(report.x, report.x))
-    ax.set_ylabel("accuracy (%)")
+    if not report.x_metric:
+        ax.set_xlabel({"columns": "attack steps", "epoch": "epoch"}.get(report.x, report.x))
+        ax.set_ylabel("accuracy (%)")
     ax.set_title(report.title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -182,17 +185,42 @@ def figure(long: pd.DataFrame, runs: pd.DataFrame, report: Report, client, path:
     return path
 
 
+def _scatter(ax, runs: pd.DataFrame, report: Report) -> None:
+    """One point per run: x its ``x_metric`` (a fraction, in %), y its robust accuracies (the report's
+    robust columns, then the worst case, each its own marker); a colour per row and the seed beside each
+    point, so that a reader sees whether the two move together."""
+    import matplotlib.pyplot as plt
+
+    robust = [c for c in report.columns if c.metric.startswith("final/robust_acc/")] + [WORST]
+    colours = plt.get_cmap("tab10").colors
+    for i, row in enumerate(report.rows):
+        good = _usable(_matching(runs, row.match))
+        for marker, col in zip("osD^v", robust):
+            if report.x_metric not in good or col.metric not in good:
+                continue
+            points = good[[report.x_metric, col.metric, "p.seed"]].dropna()
+            ax.scatter(points[report.x_metric] * 100, points[col.metric] * col.scale, marker=marker,
+                       color=colours[i % len(colours)], label=row.label if marker == "o" else None)
+            for _, point in points.iterrows():
+                ax.annotate(f"s{point['p.seed']}", (point[report.x_metric] * 100, point[col.metric] * col.scale),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(-5, 105)
+    named = next((c.label for c in report.columns if c.metric == report.x_metric), report.x_metric)
+    ax.set_xlabel(named)
+    ax.set_ylabel(", ".join(f"{m} {c.label}" for m, c in zip("●■◆▲▼", robust)), fontsize=7)
+
+
 def _series(long, runs, report, row, col, client):
     if report.x == "columns":
         part = long[(long["row"] == row.label) & long["x"].notna() & (long["state"] == "ok")]
         return part["x"].to_numpy(), part["mean"], part["std"]
     good = _usable(_matching(runs, row.match))
     if report.x == "epoch":
-        history = pd.DataFrame([{"x": m.step, "run": r, "y": m.value * 100} for r in good["run_id"]
+        history = pd.DataFrame([{"x": m.step, "run": r, "y": m.value * col.scale} for r in good["run_id"]
                                 for m in client.get_metric_history(r, col.metric)])
     else:
         key = f"p.{report.x}"
-        history = pd.DataFrame({"x": _numeric(good[key]), "y": good[col.metric] * 100}) \
+        history = pd.DataFrame({"x": _numeric(good[key]), "y": good[col.metric] * col.scale}) \
             if col.metric in good and key in good else pd.DataFrame(columns=["x", "y"])
     if history.empty:
         return [], pd.Series(dtype=float), pd.Series(dtype=float)

@@ -64,6 +64,7 @@ class ReportColumn(_Strict):
     label: str  # the paper's column header, e.g. "Robust Acc (%)"
     metric: str  # the MLflow metric behind it, e.g. "final/robust_acc/fgsm" (fractions; shown in %)
     x: Optional[float] = None  # a figure's x position for this column (e.g. PGD steps in Fig. 5)
+    scale: float = 100  # shown as value x scale: 100 for fractions (as %), 1 for ratios such as a stage gain
 
 
 class ReportRow(_Strict):
@@ -79,6 +80,7 @@ class Report(_Strict):
     rows: list[ReportRow] = Field(min_length=1)
     columns: list[ReportColumn] = Field(min_length=1)
     x: Literal["columns", "epoch"] | str = "columns"  # figures: column x values, epochs, or a config key
+    x_metric: Optional[str] = None  # figures: x is this metric, one point per run (a scatter), e.g. a diagnostic
     note: Optional[str] = None  # e.g. "published only as a plot: no numbers to compare with"
 
 

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
-from ..data import INFO, ScoredExamples, load_dataset, make_loader, subset, scored_examples
+from ..data import INFO, ScoredExamples, load_dataset, make_loader, scored_examples, subset
+from ..diagnostics import diagnose
 from ..evaluation import ExampleResults, evaluate, evaluate_examples
 from ..errors import ConfigError
 from ..models import ExplicitEuler, build_model
@@ -54,6 +55,7 @@ class Trial:
     attacks: dict
     epoch: int = 0
     results: ExampleResults | None = None  # the final evaluation's per-example results
+    diagnostics_loader: torch.utils.data.DataLoader | None = None  # config.diagnostics: its test examples
 
     @classmethod
     def build(cls, config: TrialConfig, oracles: dict | None = None) -> "Trial":
@@ -75,8 +77,9 @@ class Trial:
         loader = lambda ds, shuffle: make_loader(ds, config.batch_size, shuffle=shuffle, seed=config.seed,  # noqa: E731
                                                  num_workers=config.num_workers)
         attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
+        diagnosed = loader(subset(test.dataset, config.diagnostics_examples, 0), False) if config.diagnostics else None
         return cls(config, device, model, optimizer, scheduler, loader(train_set, True), loader(eval_set, False),
-                   loader(test.dataset, False), test, attacks)
+                   loader(test.dataset, False), test, attacks, diagnostics_loader=diagnosed)
 
     def state(self) -> dict:
         state = {"epoch": self.epoch, "config": self.config.to_dict(), "model": self.model.state_dict(),
@@ -183,11 +186,15 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     while trial.epoch < config.epochs:
         metrics = trial.train_epoch(show)
         metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
+        if config.diagnostics:
+            metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.attacks, metrics, device=trial.device,
+                                    max_examples=None))
         if trial.epoch == config.epochs:  # the final evaluation travels with the last epoch's report
             trial.results = evaluate_examples(trial.model, trial.test_loader, trial.attacks, trial.device,
                                               identity=trial.test.identity, indices=trial.test.indices,
                                               progress=show)
             final = {f"final/{k}": v for k, v in trial.results.accuracies().items()}
+            final.update({f"final/{k}": v for k, v in metrics.items() if k.startswith("diag/")})
             metrics.update(final)
         path = None
         if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):

@@ -156,3 +156,18 @@ def test_a_run_whose_stored_model_is_missing_or_unreadable_stops_the_job(trained
     code, out = finish(cli("evaluate", "--checkpoint", str(tmp_path / "weights.pt"), "--subset", "16", cwd=folder,
                            env=env))
     assert code == 0 and "pgd10" in out, out[-2000:]
+
+
+def test_evaluate_diagnostics_measures_stored_models_like_any_evaluation(trained):
+    folder, _, env, uri = trained
+    code, out = finish(cli("evaluate", "--sweep", "evalsweep", "--diagnostics", cwd=folder, env=env))
+    assert code == 0 and "2 to evaluate" in out, out[-3000:]
+    client, trials = trial_runs(uri)
+    for run in trials:
+        assert run.data.metrics["final/diag/examples"] == 64
+        assert 0 <= run.data.metrics["final/diag/stable_frac/all"] <= 1
+        along = yaml.safe_load(run.data.tags["ieskips.eval.diagnostics"])["spec"]["stage_gain_along"]
+        assert run.data.metrics[f"final/robust_acc/{along}"] == min(
+            v for k, v in run.data.metrics.items() if k.startswith("final/robust_acc/") and k != "final/robust_acc/worst")
+    code, out = finish(cli("evaluate", "--sweep", "evalsweep", "--diagnostics", cwd=folder, env=env))
+    assert code == 0 and "0 to evaluate" in out, out[-3000:]

@@ -104,3 +104,17 @@ def test_transfer_attacks_from_an_oracle_checkpoint_and_from_the_explicit_twin(t
     with pytest.raises(ConfigError, match="does not exist"):
         train(TrialConfig.from_dict({**SMALL, "eval_attacks": [{**attacks[0], "source": str(tmp_path / "no.pt")}]}),
               progress=False)
+
+
+def test_diagnostics_switch_logs_stability_each_epoch_and_with_the_final_metrics():
+    seen = []
+    config = TrialConfig.from_dict({**SMALL, "epochs": 2, "ie_steps": 1, "diagnostics": True,
+                                    "diagnostics_examples": 16})
+    final = train(config, on_epoch=lambda e, m, p: seen.append(m), progress=False)
+    for metrics in seen:
+        assert metrics["diag/examples"] == 16 and 0 <= metrics["diag/stable_frac/all"] <= 1
+        assert metrics["diag/prop3_frac/all"] <= metrics["diag/prop3_frac/block0"]
+        assert metrics["diag/residual/mean"] < metrics["diag/residual_explicit/mean"]  # K = 1 corrects it
+        assert metrics["diag/stage_gain/mean"] > 0  # along the strongest attack's perturbation
+    assert final["final/diag/stable_frac/all"] == seen[-1]["diag/stable_frac/all"]
+    assert not any(k.startswith("final/diag/") for k in train(TrialConfig.from_dict(SMALL), progress=False))
