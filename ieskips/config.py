@@ -67,7 +67,8 @@ class TrialConfig(BaseModel):
     bf16: bool = False  # bf16 autocast on GPU for long WRN runs; off: exact fp32 by default
     channels_last: bool = False  # memory format that speeds convolutions on recent GPUs
     checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
-    num_workers: int = Field(0, ge=0)  # data loader processes; 0 keeps runs reproducible on CPU
+    num_workers: int = Field(0, ge=0)  # DataLoader processes (data_on_device: false); 0 keeps runs reproducible
+    data_on_device: bool = True  # data set on the trial's device as stored (uint8), crop/flip there; false: DataLoader
     paper_table: Optional[str] = None  # which table/figure of the paper the run belongs to (a tag)
 
     @model_validator(mode="after")

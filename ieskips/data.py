@@ -140,8 +140,16 @@ def _content(dataset: Dataset) -> tuple:
     return ()  # FakeData: generated from its size and offset, which the name and size cover
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
-    """A loader whose shuffling follows its own seeded generator (reproducible, resumable)."""
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0,
+                device: torch.device | str | None = None, augment: bool = False):
+    """A loader whose shuffling follows its own seeded generator (reproducible, resumable): with a
+    ``device``, the data set held there (``DeviceLoader``, which does the ``augment``-ation itself);
+    without, torchvision's DataLoader (augmentation, if any, is then the data set's transform)."""
+    if device is not None:
+        from .device_loader import DeviceLoader
+
+        return DeviceLoader.from_dataset(dataset, batch_size, shuffle=shuffle, seed=seed, augment=augment,
+                                         device=device)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, drop_last=False)

@@ -75,7 +75,7 @@ def diagnose_stored(state: dict, spec: dict | None, *, device: str | None = None
     (the strongest the run has faced; None: no stage gains)."""
     config, model, where, test, _ = _prepared(state, device, None)
     loader = make_loader(subset(test.dataset, config.diagnostics_examples, 0), config.batch_size, shuffle=False,
-                         seed=config.seed)
+                         seed=config.seed, device=where if config.data_on_device else None)
     attacks = {"x": make_attack(spec, model, where, oracles)} if spec else {}
     return diagnose(model, loader, attacks, {}, device=where, max_examples=None)
 
@@ -85,6 +85,7 @@ def _prepared(state: dict, device: str | None, size: int | None):
     where = resolve_device(device or config.device)
     model = build(state, where)
     test = scored_examples(config.dataset, config.test_subset, root=config.data_dir, download=config.download)
-    loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed)
+    loader = make_loader(test.dataset, config.batch_size, shuffle=False, seed=config.seed,
+                         device=where if config.data_on_device else None)
     torch.manual_seed(config.seed)  # the attacks' random starts, repeatable
     return config, model, where, test, loader

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
 from ..data import INFO, ScoredExamples, load_dataset, make_loader, scored_examples, subset
+from ..device_loader import DeviceLoader
 from ..diagnostics import diagnose
 from ..evaluation import ExampleResults, evaluate, evaluate_examples
 from ..errors import ConfigError
@@ -27,6 +28,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .methods import METHODS
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
+Loader = Union[torch.utils.data.DataLoader, DeviceLoader]  # config.data_on_device picks
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,14 +50,14 @@ class Trial:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: torch.utils.data.DataLoader
-    eval_loader: torch.utils.data.DataLoader
-    test_loader: torch.utils.data.DataLoader
+    train_loader: Loader
+    eval_loader: Loader
+    test_loader: Loader
     test: ScoredExamples
     attacks: dict
     epoch: int = 0
     results: ExampleResults | None = None  # the final evaluation's per-example results
-    diagnostics_loader: torch.utils.data.DataLoader | None = None  # config.diagnostics: its test examples
+    diagnostics_loader: Loader | None = None  # config.diagnostics: its test examples
 
     @classmethod
     def build(cls, config: TrialConfig, oracles: dict | None = None) -> "Trial":
@@ -64,8 +66,9 @@ class Trial:
         torch.manual_seed(config.seed)
         device = resolve_device(config.device)
         data = dict(root=config.data_dir, download=config.download)
-        train_set = subset(load_dataset(config.dataset, True, augment=config.augment, **data),
-                           config.train_subset, config.seed)
+        # On the device the loader augments; otherwise the data set's own transform does.
+        augment = config.augment and not config.data_on_device
+        train_set = subset(load_dataset(config.dataset, True, augment=augment, **data), config.train_subset, config.seed)
         test = scored_examples(config.dataset, config.test_subset, **data)
         eval_set = subset(test.dataset, config.eval_subset, 0)
         model = model_for(config).to(device)
@@ -74,11 +77,14 @@ class Trial:
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.lr_factor)
-        loader = lambda ds, shuffle: make_loader(ds, config.batch_size, shuffle=shuffle, seed=config.seed,  # noqa: E731
-                                                 num_workers=config.num_workers)
+        on = device if config.data_on_device else None
+        loader = lambda ds, shuffle, augment=False: make_loader(  # noqa: E731
+            ds, config.batch_size, shuffle=shuffle, seed=config.seed, num_workers=config.num_workers, device=on,
+            augment=augment)
         attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
         diagnosed = loader(subset(test.dataset, config.diagnostics_examples, 0), False) if config.diagnostics else None
-        return cls(config, device, model, optimizer, scheduler, loader(train_set, True), loader(eval_set, False),
+        crops = config.augment and config.dataset.startswith("cifar")  # as the torchvision path (data.py)
+        return cls(config, device, model, optimizer, scheduler, loader(train_set, True, crops), loader(eval_set, False),
                    loader(test.dataset, False), test, attacks, diagnostics_loader=diagnosed)
 
     def state(self) -> dict:

@@ -23,8 +23,10 @@ def test_each_method_trains_one_epoch(method):
     assert 0 <= final["final/robust_acc/worst"] <= final["final/natural_acc"] <= 1
 
 
-def test_resume_gives_identical_metrics(tmp_path):
-    config = TrialConfig.from_dict({**SMALL, "epochs": 3, "ie_steps": 1, "method": "pgd", "milestones": [1]})
+@pytest.mark.parametrize("on_device", [True, False], ids=["device_loader", "dataloader"])
+def test_resume_gives_identical_metrics(tmp_path, on_device):
+    config = TrialConfig.from_dict({**SMALL, "epochs": 3, "ie_steps": 1, "method": "pgd", "milestones": [1],
+                                    "data_on_device": on_device})
     straight = []
     final = train(config, on_epoch=lambda e, m, p: straight.append(m), progress=False)
     stopped = TrialConfig.from_dict({**config.to_dict(), "epochs": 3})
