@@ -6,25 +6,28 @@ robustness can be an artefact of gradients that do not describe it. Each check b
 literature's sanity tests, reported as pass/flag with its numbers; the credible robust accuracy is
 the per-example worst case over every attack that ran (white-box in both gradient modes, Square,
 transfer), never the best-looking single number.
+
+For a model that solves something in its forward (IE-Skips) the audit adds: the unrolled input
+gradient against a float64 finite difference (``gradient_exact``), the same logits however the model
+is called (``forward_consistent``), adaptive attacks through other solvers and the exact implicit
+step (``adaptive_not_better``), robustness and inner residuals under other test-time solvers
+(``solver_robustness``, ``adversarial_residual``) and AutoAttack's own sanity flags
+(``autoattack_flags``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .attacks import FGSM, PGD, Square, Transfer
+from .attacks import FGSM, IFTPGD, PGD, SPSA, FeatureSpace, SolverPGD, Square, Transfer
+from .attacks.feature import _Features
+from .errors import ConfigError
 from .evaluation import accuracies, correct_masks
-from .models.ie_skip import ExplicitEuler, has_ie_skips
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str  # short id, e.g. "pgd_beats_fgsm"
-    passed: bool | None  # None: not applicable to this model
-    detail: str  # one line a reader can act on
-    numbers: dict = field(default_factory=dict)
+from .models.ie_skip import ExplicitEuler, IESkip, has_ie_skips
+from .audit_probes import (Check, autoattack_flags, forward_consistency, gradient_exactness, probe_batch,
+                           solver_sensitivity, static_comparison)
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,23 @@ class AuditReport:
     def lines(self) -> list[str]:
         out = [f"{'PASS' if c.passed else 'n/a ' if c.passed is None else 'FLAG'}  {c.name}: {c.detail}"
                for c in self.checks]
-        return out + [f"credible robust accuracy: {self.accuracies['credible_robust_acc']:.4f} ({self.credible})"]
+        # An unanswered flag (AutoAttack's included) makes the number provisional (RobustBench's rule).
+        state = f"PROVISIONAL until these flags are answered: {', '.join(c.name for c in self.flagged)}; " \
+            if self.flagged else ""
+        return out + [f"credible robust accuracy: {self.accuracies['credible_robust_acc']:.4f} ({state}{self.credible})"]
 
 
 def audit(model: nn.Module, loader, device="cpu", *, eps: float = 8 / 255, steps=(10, 20, 50, 100),
           restarts: int = 5, square_queries: int = 1000, surrogate: nn.Module | None = None,
-          large_eps: float = 0.5, tol: float = 0.02, progress: bool | None = None) -> AuditReport:
-    """Run the checks on ``loader``'s examples. ``tol`` is the accuracy slack (fraction) of each check."""
+          large_eps: float = 0.5, tol: float = 0.02, progress: bool | None = None, adaptive: bool = True,
+          solvers: bool = True, spsa_iters: int = 0, probe_examples: int = 8) -> AuditReport:
+    """Run the checks on ``loader``'s examples. ``tol`` is the accuracy slack (fraction) of each check.
+
+    ``adaptive``: for an IE model, also PGD through the exact implicit step and through 2K inner
+    steps, and the feature-space attack. ``solvers``: robustness under other test-time solvers.
+    ``spsa_iters`` > 0 adds SPSA (128 queries per iteration and example; off by default for its cost).
+    ``probe_examples``: how many examples of the first batch the gradient and forward probes use.
+    """
     ie = has_ie_skips(model)
     if surrogate is None and ie:
         surrogate = ExplicitEuler(model)
@@ -64,14 +77,62 @@ def audit(model: nn.Module, loader, device="cpu", *, eps: float = 8 / 255, steps
         attacks[f"pgd{k_ref}_unrolled"] = PGD(eps, 2.5 * eps / k_ref, k_ref, inner_grad="unrolled")
     if surrogate is not None:
         attacks["transfer"] = Transfer(surrogate.to(device), PGD(eps, 2.5 * eps / k_ref, k_ref))
+    extra = _adaptive_attacks(model, eps, k_ref) if adaptive and ie else {}
+    if spsa_iters:
+        extra["spsa"] = SPSA(eps, iters=spsa_iters)
+    attacks.update(extra)
     masks = correct_masks(model, loader, attacks, device, progress)
     acc = accuracies(masks)
     at_eps = [n for n in masks if n not in ("natural", "pgd_large_eps") and "eps" not in n]
-    whitebox = [n for n in at_eps if n not in ("square", "transfer")]
+    whitebox = [n for n in at_eps if n not in ("square", "transfer", "spsa")]
     credible = torch.stack([masks[n] for n in at_eps]).all(0).float().mean().item()
     acc["credible_robust_acc"] = credible
     checks = _checks(masks, acc, whitebox, k_ref, restarts, fractions, steps, ie, tol)
+    checks.append(_adaptive_check(masks, whitebox, list(extra), tol))
+    images, labels = probe_batch(loader, device, probe_examples)
+    if ie:
+        standard = {n: attacks[n] for n in at_eps if n not in extra and n not in ("transfer", f"pgd{k_ref}_unrolled")}
+        checks.append(static_comparison(model, loader, device, standard, credible, images, tol=tol, progress=progress))
+        acc["twin_credible_robust_acc"] = checks[-1].numbers["twin_credible_robust_acc"]
+    adv = PGD(eps, 2.5 * eps / k_ref, k_ref)(model, images, labels)
+    checks += [gradient_exactness(model, images, labels, adversarial=adv), forward_consistency(model, images),
+               autoattack_flags(model, images, labels)]
+    if solvers and ie:
+        solver_checks, solver_acc = solver_sensitivity(model, loader, device, eps=eps, steps=k_ref, tol=tol,
+                                                       probe=(images, adv), progress=progress)
+        checks += solver_checks
+        acc.update(solver_acc)
+    else:
+        checks += [Check(n, None, "the model has no IE-Skips" if not ie else "solver checks not asked for", {})
+                   for n in ("solver_robustness", "adversarial_residual")]
     return AuditReport(checks, acc, "per-example worst case over " + ", ".join(at_eps) + f" at eps {eps:.4g}")
+
+
+def _adaptive_attacks(model, eps, k) -> dict:
+    """The attacks aimed at an IE forward: the exact implicit step's gradient, a better inner solve
+    and the features before the IE stages (when the model has a ``stem``)."""
+    skip = next(m for m in model.modules() if isinstance(m, IESkip) and m.steps > 0)
+    alpha = 2.5 * eps / k
+    out = {f"pgd{k}_ift": IFTPGD(eps, alpha, k),
+           f"pgd{k}_solver_k{2 * skip.steps}": SolverPGD(eps, alpha, k, ie_steps=2 * skip.steps, keep="target")}
+    try:
+        _Features(model, "stem")
+        out[f"feature{k}"] = FeatureSpace(eps, alpha, k)
+    except ConfigError:
+        pass
+    return out
+
+
+def _adaptive_check(masks, whitebox, adaptive, tol) -> Check:
+    if not adaptive:
+        return Check("adaptive_not_better", None, "no adaptive attacks ran (no IE-Skips, no SPSA)", {})
+    standard = [n for n in whitebox if n not in adaptive]
+    right = torch.stack([masks[n] for n in standard]).all(0)
+    broken = {n: int((right & ~masks[n]).sum()) for n in adaptive}
+    n = len(right)
+    return Check("adaptive_not_better", max(broken.values()) <= tol * n,
+                 f"examples that an adaptive attack breaks but no standard white-box attack does: {broken} of {n} "
+                 "(many: the model's own gradients hide its weakness; report the worst case)", broken)
 
 
 def _checks(masks, acc, whitebox, k, restarts, fractions, steps, ie, tol) -> list:

@@ -5,8 +5,10 @@ import inspect
 import warnings
 
 from ..errors import ConfigError, check_choice
+from .labels import adaptive_label
 
 _ATTACKS: dict[str, type] = {}
+ADAPTIVE = ("pgd_solver", "pgd_ift", "pgd_best", "feature", "spsa")  # labelled by labels.py
 
 
 def register_attack(name: str):
@@ -49,6 +51,8 @@ def attack_label(spec: dict) -> str:
     ``transfer_fgsm``; a spec's own ``label`` wins."""
     if "label" in spec:
         return spec["label"]
+    if spec["name"] in ADAPTIVE:  # pgd_solver, pgd_ift, pgd_best, feature, spsa: see labels.py
+        return adaptive_label(_ATTACKS[spec["name"]], spec)
     if spec["name"] == "transfer":
         return "transfer_" + attack_label(spec.get("attack", {"name": "fgsm"}))
     label = spec["name"] + (str(spec["steps"]) if "steps" in spec and spec["name"] == "pgd" else "")

@@ -29,9 +29,16 @@ class IESkip(nn.Module):
         does), so the block back-propagates like ``x_prev + f(x_prev)`` evaluated at the corrected
         output. ``"unrolled"``: backprop differentiates through every inner step (second order).
     The forward values are identical in both modes; only gradients differ. Works under
-    ``torch.no_grad()`` (the inner loop turns autograd on locally) and in eval mode. With BatchNorm
-    inside ``f``, running statistics are updated once per forward, by the explicit step only.
+    ``torch.no_grad()`` (the inner loop turns autograd on locally), under ``torch.inference_mode()``
+    (the block runs outside it on a copy of its input, since the inner gradient needs autograd) and in
+    eval mode. With BatchNorm inside ``f``, running statistics are updated once per forward, by the
+    explicit step only.
+
+    ``solver``: None runs Alg. 1; a callable ``solver(skip, x_prev) -> x`` replaces it (set it for a
+    block of code with ``ieskips.models.solver``: the exact implicit step, residual recording).
     """
+
+    solver = None  # class default, so that it is never a module attribute saved with the weights
 
     def __init__(self, residual: nn.Module, steps: int, step_size: float, inner_grad: str = "detached"):
         super().__init__()
@@ -47,10 +54,22 @@ class IESkip(nn.Module):
         return f"steps={self.steps}, step_size={self.step_size}, inner_grad={self.inner_grad!r}"
 
     def forward(self, x_prev: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled() and (self.steps > 0 or self.solver is not None):
+            # Inference tensors cannot enter autograd, which the inner gradient needs: run the block
+            # on a normal copy of its input; the (normal) result joins the inference-mode forward.
+            with torch.inference_mode(False), torch.no_grad():
+                return IESkip.forward(self, x_prev.clone())
+        if self.solver is not None:
+            return self.solver(self, x_prev)
+        return self.algorithm1(x_prev)
+
+    def algorithm1(self, x_prev: torch.Tensor) -> torch.Tensor:
+        """Alg. 1 with this block's ``steps``, ``step_size`` and ``inner_grad``."""
         x = x_prev + self.residual(x_prev)
         if self.steps == 0:
             return x
-        with _running_stats_frozen(self.residual):
+        with _running_stats_frozen(self.residual), _full_precision(x):
+            x, x_prev = _at_least_fp32(x), _at_least_fp32(x_prev)  # see _full_precision
             if self.inner_grad == "unrolled" and torch.is_grad_enabled() and x.requires_grad:
                 for _ in range(self.steps):
                     x = x - self.step_size * self._unrolled_gradient(x, x_prev)
@@ -81,6 +100,19 @@ class IESkip(nn.Module):
         (jt_err,) = torch.autograd.grad(fx, x_in, grad_outputs=err)
         with torch.no_grad():
             x.sub_(err.sub_(jt_err), alpha=2 * self.step_size)
+
+
+def _full_precision(x: torch.Tensor):
+    """The inner steps in fp32 even under autocast: their residual ``x - x_prev - f(x)`` is a small
+    difference of large terms, which bf16's 8-bit mantissa would mostly round away (the explicit
+    step and every other layer keep autocast's precision)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 up, fp32/fp64 as they are
 
 
 @contextlib.contextmanager
