@@ -108,7 +108,7 @@ class Trial:
     def train_epoch(self, show: bool) -> dict:
         config, model = self.config, self.model
         step = METHODS[config.method]
-        autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.bf16 and self.device.type == "cuda")
+        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=config.bf16)  # CPU too: same policy
         model.train()
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         for images, labels in tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", disable=not show, leave=False):
