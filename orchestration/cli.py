@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("name")
     resume.add_argument("--storage", help="the sweep's storage path (default: ./ray_results)")
     resume.add_argument("--address")
+    plan = sweep_sub.add_parser("plan", help="trials, epochs and device-hours of a sweep file, before running it")
+    plan.add_argument("spec", help="sweep YAML (see sweeps/)")
+    plan.add_argument("--smoke", action="store_true", help="plan the file's --smoke sweep")
+    plan.add_argument("--images-per-sec", type=float, help="forward+backward images/s of the target device "
+                      "(default: calibrate each model here)")
+    plan.add_argument("--device", default="auto", help="where to calibrate (default: a GPU if visible, else CPU)")
     status = sweep_sub.add_parser("status", help="trials by state and the best so far")
     status.add_argument("name")
     status.add_argument("--storage")

@@ -118,3 +118,25 @@ def _summarise(summary: dict, results, spec) -> int:
         print(f"{state:<6}{config}  {metric}={value if value is None else round(value, 4)}")
     print(f"sweep {spec.name}: {summary['trials']} trials, {summary['errors']} errors")
     return 1 if summary["errors"] else 0
+
+
+def plan(args) -> int:
+    """Trials, epochs and device-hours of a sweep file; nothing is started or written."""
+    import torch
+
+    from ieskips.errors import check_range
+    from ieskips.training import resolve_device
+
+    from .plan import lines, plan as estimate
+
+    spec = load_spec(args.spec)
+    spec = smoke_spec(spec) if args.smoke else spec
+    if args.images_per_sec is not None:
+        check_range("--images-per-sec", args.images_per_sec, 0, low_open=True)
+    device = str(resolve_device(args.device))
+    if device.startswith("cuda") and args.images_per_sec is None and not torch.cuda.is_available():
+        raise ConfigError(f"cannot calibrate on {device}: no CUDA device here; give the target's --images-per-sec")
+    result = estimate(spec, device, args.images_per_sec)
+    source = f"--images-per-sec {args.images_per_sec:g}" if args.images_per_sec else f"a calibration on {device}"
+    print("\n".join(lines(result, spec, source)))
+    return 0
