@@ -47,11 +47,11 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def make_step(width, variant, method, device, batch, *, bf16=False, channels_last=False):
+def make_step(width, variant, method, device, batch, *, bf16=False, channels_last=False, norm="group"):
     """One training step (the method's attack, forward, backward, SGD update) as a function."""
     steps, mode = VARIANTS[variant]
     model = build_model("preact_resnet18", num_classes=10, in_channels=3, width=width, ie_steps=steps,
-                        inner_grad=mode).to(device)
+                        inner_grad=mode, norm=norm).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     config = TrialConfig.from_dict({"method": method, "train_steps": 10, "eval_attacks": []})
@@ -71,9 +71,10 @@ def make_step(width, variant, method, device, batch, *, bf16=False, channels_las
     return step
 
 
-def step_seconds(width, variant, method, device, batch, *, bf16=False, channels_last=False, repeats=3) -> float:
+def step_seconds(width, variant, method, device, batch, *, bf16=False, channels_last=False, norm="group",
+                 repeats=3) -> float:
     """Median seconds of one training step, after a warm-up step."""
-    step = make_step(width, variant, method, device, batch, bf16=bf16, channels_last=channels_last)
+    step = make_step(width, variant, method, device, batch, bf16=bf16, channels_last=channels_last, norm=norm)
     step()
     times = []
     for _ in range(repeats):
@@ -100,6 +101,18 @@ def steps_matrix(device, size, quick) -> list[dict]:
                         print(f"  {method:<8} w{width:<3} {variant:<13} {'bf16' if bf16 else 'fp32'} "
                               f"{'CL' if channels_last else '  '} {size['batch'] / seconds:10.1f} img/s", flush=True)
     return rows
+
+
+def memory_formats(device, size, quick) -> dict:
+    """channels_last against contiguous, vanilla and IE-1 PGD-10 steps, with GroupNorm (whose CUDA kernel
+    returns a contiguous tensor) and BatchNorm: the numbers the default is chosen from."""
+    out = {}
+    for norm in ("group", "batch"):
+        for variant in ("vanilla", "ie1_detached"):
+            times = {cl: step_seconds(size["widths"][0], variant, "pgd", device, size["batch"], channels_last=cl,
+                                      norm=norm, repeats=size["repeats"] - quick) for cl in (False, True)}
+            out[f"{norm}norm {variant}"] = times[False] / times[True]
+    return out
 
 
 def loading_share(device, size, step) -> dict:
@@ -178,8 +191,6 @@ def summary(rows, loading, packed, size) -> dict:
             "ie1_unrolled PGD-10 / vanilla (time)": pick(rows, width=small, variant="ie1_unrolled", **base)["seconds"] / vanilla,
             "bf16 / fp32 vanilla PGD-10 (speed)": vanilla / pick(rows, width=small, variant="vanilla", method="pgd",
                                                                   bf16=True, channels_last=False)["seconds"],
-            "channels_last / contiguous vanilla PGD-10 (speed)": vanilla / pick(
-                rows, width=small, variant="vanilla", method="pgd", bf16=False, channels_last=True)["seconds"],
             "data loading share of a step": loading["device_loader"],
             "dataloader share of a step (torchvision, for comparison)": loading["dataloader"],
             "four packed / one alone (aggregate)": packed["ratio"],
@@ -197,9 +208,11 @@ def main():
     print(f"device {name}, batch {size['batch']}, widths {size['widths']}", flush=True)
     rows = steps_matrix(device, size, args.quick)
     step = pick(rows, width=size["widths"][0], variant="vanilla", method="pgd", bf16=False, channels_last=False)
+    formats = memory_formats(device, size, args.quick)
     loading = loading_share(device, size, step["seconds"])
     packed = packing(device, size, args.pack_seconds)
     ratios = summary(rows, loading, packed, size)
+    ratios.update({f"channels_last speed-up, {k}": v for k, v in formats.items()})
     for key, value in ratios.items():
         target = TARGETS.get(key)
         verdict = "" if target is None else "n/a on CPU" if device.type != "cuda" else (
