@@ -1,6 +1,6 @@
 """Data sets: digits (embedded default), mnist, cifar10, cifar100 (torchvision, from disk), fake.
 
-Images come out as float tensors in [0, 1]; the model normalises them itself.
+Images come out as float tensors in [0, 1]; the model normalises them itself (unless ``input_norm: false``).
 """
 from __future__ import annotations
 
@@ -47,11 +47,13 @@ def _digits(train: bool) -> Dataset:
     return TensorDataset(images[idx], labels[idx])
 
 
-def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bool) -> Dataset:
+def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bool, rotate: float = 0.0) -> Dataset:
     from torchvision import datasets, transforms
 
     steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if (
         augment and train and name.startswith("cifar")) else []
+    if steps and rotate:  # after crop and flip, as the authors' utils.py:76-83 (PIL, nearest, fill 0)
+        steps.append(transforms.RandomRotation(rotate))
     transform = transforms.Compose(steps + [transforms.ToTensor()])
     cls = {"mnist": datasets.MNIST, "cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
     try:
@@ -86,21 +88,40 @@ def _fake(train: bool, size: int = 512) -> Dataset:
 
 
 def load_dataset(name: str, train: bool, *, root: str | Path = "data", download: bool = False,
-                 augment: bool = True) -> Dataset:
+                 augment: bool = True, rotate: float = 0.0) -> Dataset:
+    """``rotate``: with ``augment`` on a CIFAR training set, RandomRotation(rotate) after crop and flip."""
     check_choice("dataset", name, DATASETS)
     if name == "digits":
         return _digits(train)
     if name == "fake":
         return _fake(train)
-    return _torchvision(name, Path(root), train, download, augment)
+    return _torchvision(name, Path(root), train, download, augment, rotate)
 
 
 def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    """The first ``size`` examples of a seeded permutation (all of them when ``size`` is None)."""
+    """The first ``size`` examples of a seeded permutation (all of them when ``size`` is None). A subset
+    of a ``Subset`` is one flat ``Subset`` of the underlying set (same examples, same order)."""
     if size is None or size >= len(dataset):
         return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return Subset(dataset, order[:size].tolist())
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    if isinstance(dataset, Subset):
+        return Subset(dataset.dataset, [dataset.indices[i] for i in order])
+    return Subset(dataset, order)
+
+
+VALIDATION_SEED = 0  # the held-out split is the same draw for every trial (like the scored test subset)
+
+
+def hold_out(train: Dataset, plain: Dataset, size: int) -> tuple[Dataset, Dataset]:
+    """Split a training set into ``(rest, validation)``: ``size`` examples of a fixed permutation
+    (``VALIDATION_SEED``, whatever the trial's seed) held out, taken from ``plain`` (the same training set
+    without augmentation), and the rest from ``train`` (with its training transform). Both are flat
+    ``Subset``s; the validation split never meets the test set."""
+    if len(plain) != len(train) or not 0 < size < len(train):
+        raise ConfigError(f"val_size must lie between 1 and {len(train) - 1} (the training set has "
+                          f"{len(train)} examples), got {size}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED)).tolist()
+    return Subset(train, order[size:]), Subset(plain, order[:size])
 
 
 @dataclass(frozen=True)

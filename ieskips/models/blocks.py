@@ -38,7 +38,8 @@ def bottleneck_branch(c_in: int, c_out: int, stride: int, norm: str, expansion: 
 
 
 class ProjectionBlock(nn.Module):
-    """A dimension-changing block: explicit, ``f(x) + shortcut(x)`` with a 3x3 conv shortcut (Fig. 2)."""
+    """A dimension-changing block: explicit, ``f(x) + shortcut(x)`` with a norm-ReLU-3x3 conv shortcut
+    (Fig. 2; the authors' ``d_k``, sirResNet.py l.66-70)."""
 
     def __init__(self, residual: nn.Module, c_in: int, c_out: int, stride: int, norm: str):
         super().__init__()

@@ -29,7 +29,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, width
     """Build a registered model. ``ie_steps=0`` is the vanilla network with identical parameters.
 
     ``width`` is the initial width (8 for MNIST, 16 for CIFAR, 160 for WRN-34-10); ``None`` takes the
-    model's default. Inputs are in [0, 1]; the model normalises them.
+    model's default. Inputs are in [0, 1]; the model normalises them (``input_norm=False``: it does not,
+    as the authors' code). ``stem="conv_norm_relu"`` gives the authors' stem (see ``ieskips.models.resnet``).
     """
     check_choice("model", name, _MODELS)
     if width is not None:

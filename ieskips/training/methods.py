@@ -1,4 +1,14 @@
-"""Training objectives: natural, FGSM-AT, PGD-AT (Madry) and TRADES. Attacks run in eval mode."""
+"""Training objectives: natural, FGSM-AT, PGD-AT (Madry), TRADES; the clean warm-up. Attacks run in eval mode.
+
+What the authors' code does (github.com/homles11/IE-Skips, the only working adversarial path is
+``train.py -train pgd3``) and the options that reproduce it:
+
+- ``clean_loss_weight``: their ``lib/training/train.py:49-66`` (``train_one_epoch``, from YOPO) runs
+  ``CE(net(adv)).backward()``, then ``CE(net(x)).backward()``, then one optimizer step, for every
+  attack: the objective is ``CE(adv) + CE(clean)``, weight 1 (``adv_coef=1``), two separate forwards.
+- ``warmup_epochs``: their ``train.py:203-205`` trains epoch 1 cleanly whatever ``-train`` says, the
+  lr rising per step as ``lr * t / T`` (``WarmUpLR``, utils.py:182-197; ``-warm 1``, train.py:147).
+"""
 from __future__ import annotations
 
 import torch
@@ -15,17 +25,26 @@ def natural(model, images, labels, config: TrialConfig):
 
 
 def fgsm(model, images, labels, config: TrialConfig):
-    """FGSM adversarial training (Goodfellow et al. 2015): loss on FGSM examples only."""
+    """FGSM adversarial training (Goodfellow et al. 2015): CE on FGSM examples (+ the clean term)."""
     adv = FGSM(config.train_eps)(model, images, labels)
-    logits = model(adv)
-    return F.cross_entropy(logits, labels), logits
+    return adversarial_loss(model, adv, images, labels, config)
 
 
 def pgd(model, images, labels, config: TrialConfig):
-    """Madry et al. 2018: loss on PGD-k examples (random start, alpha 2/255) only."""
+    """Madry et al. 2018: CE on PGD-k examples (random start) (+ the clean term, see ``adversarial_loss``)."""
     adv = PGD(config.train_eps, config.train_alpha, config.train_steps)(model, images, labels)
+    return adversarial_loss(model, adv, images, labels, config)
+
+
+def adversarial_loss(model, adv, images, labels, config: TrialConfig):
+    """``CE(model(adv)) + clean_loss_weight * CE(model(images))``; the logits returned are the adversarial
+    ones. The clean examples get their own forward after the adversarial one, as in the authors' code
+    (with BatchNorm the two batches keep their own statistics)."""
     logits = model(adv)
-    return F.cross_entropy(logits, labels), logits
+    loss = F.cross_entropy(logits, labels)
+    if config.clean_loss_weight:
+        loss = loss + config.clean_loss_weight * F.cross_entropy(model(images), labels)
+    return loss, logits
 
 
 def trades(model, images, labels, config: TrialConfig):
@@ -52,3 +71,33 @@ def _trades_adversary(model, images, config):
 
 
 METHODS = {"natural": natural, "fgsm": fgsm, "pgd": pgd, "trades": trades}
+
+
+def method_for(config: TrialConfig, epoch: int):
+    """The training step of epoch ``epoch + 1`` (``epoch`` epochs done): natural during the warm-up."""
+    return natural if epoch < config.warmup_epochs else METHODS[config.method]
+
+
+class LinearWarmup:
+    """The lr of the first ``epochs`` epochs, per step: ``lr * t / T``, ``t`` the step counted from the
+    start of training (1, 2, ...), ``T = epochs * batches``, ``lr`` the scheduled lr (the authors'
+    ``WarmUpLR``: ``base_lr * last_epoch / total_iters``, stepped before each batch). Outside the warm-up
+    it does nothing. ``next_batch()`` before each step; ``finish()`` puts the scheduled lr back before the
+    epoch's scheduler step, so the schedule (and a checkpoint) never sees the ramp.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, epoch: int, batches: int):
+        self.optimizer, self.active = optimizer, epoch < epochs
+        self.step, self.total = epoch * batches, epochs * batches
+        self.scheduled = [group["lr"] for group in optimizer.param_groups]
+
+    def next_batch(self) -> None:
+        if self.active:
+            self.step += 1
+            for group, lr in zip(self.optimizer.param_groups, self.scheduled):
+                group["lr"] = lr * self.step / self.total
+
+    def finish(self) -> None:
+        if self.active:
+            for group, lr in zip(self.optimizer.param_groups, self.scheduled):
+                group["lr"] = lr
