@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-PAD = 4  # random crop with zero padding 4, as the paper and the adversarial-training literature use
+PAD = 4  # random crop with zero padding 4, as the authors' code and the adversarial-training literature use
 
 
 class DeviceLoader:

@@ -8,7 +8,6 @@ evaluation, on the same test examples (the config's ``test_subset``, drawn with 
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -19,7 +18,8 @@ from .data import make_loader, scored_examples, subset
 from .diagnostics import diagnose
 from .errors import ConfigError
 from .evaluation import ExampleResults, evaluate_examples
-from .training import load_checkpoint, make_attack, model_for, resolve_device, save_checkpoint
+from .training import make_attack, model_for, resolve_device, save_checkpoint
+from .training.checkpoint import read_model_file
 
 MODEL_FILE = "weights.pt"
 
@@ -34,16 +34,7 @@ def save_model(config: TrialConfig, model: torch.nn.Module, path: str | Path) ->
 
 def read_model(path: str | Path) -> dict:
     """The ``config`` and ``model`` of a stored model or checkpoint; ConfigError when the file is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist")
-    try:
-        state = load_checkpoint(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not a readable ieskips model file (torch.load with weights_only: "
-                          f"{type(err).__name__})") from None
-    if not isinstance(state, dict) or not {"config", "model"} <= set(state):
-        raise ConfigError(f"{path} is not an ieskips model file (it needs the keys 'config' and 'model')")
+    state = read_model_file(path)
     build(state)  # the weights fit the model the config describes
     return state
 

@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 
 from ..attacks import attack_label, build_attack
 from ..config import TrialConfig
-from ..data import INFO, ScoredExamples, load_dataset, make_loader, scored_examples, subset
+from ..data import INFO, ScoredExamples, make_loader, scored_examples, subset
 from ..device_loader import DeviceLoader
 from ..diagnostics import diagnose
 from ..evaluation import ExampleResults, evaluate, evaluate_examples
 from ..errors import ConfigError
 from ..models import ExplicitEuler, build_model
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .methods import METHODS
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, read_model_file, save_checkpoint
+from .methods import LinearWarmup, method_for
+from .selection import Selection, training_sets
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 Loader = Union[torch.utils.data.DataLoader, DeviceLoader]  # config.data_on_device picks
@@ -58,6 +59,8 @@ class Trial:
     epoch: int = 0
     results: ExampleResults | None = None  # the final evaluation's per-example results
     diagnostics_loader: Loader | None = None  # config.diagnostics: its test examples
+    selection: Selection | None = None  # config.val_size: the best checkpoint on the held-out split
+    selected_results: ExampleResults | None = None  # the selected checkpoint's per-example results
 
     @classmethod
     def build(cls, config: TrialConfig, oracles: dict | None = None) -> "Trial":
@@ -68,7 +71,7 @@ class Trial:
         data = dict(root=config.data_dir, download=config.download)
         # On the device the loader augments; otherwise the data set's own transform does.
         augment = config.augment and not config.data_on_device
-        train_set = subset(load_dataset(config.dataset, True, augment=augment, **data), config.train_subset, config.seed)
+        train_set, val_set = training_sets(config, augment, **data)  # val_set: None unless config.val_size
         test = scored_examples(config.dataset, config.test_subset, **data)
         eval_set = subset(test.dataset, config.eval_subset, 0)
         model = model_for(config).to(device)
@@ -84,8 +87,9 @@ class Trial:
         attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
         diagnosed = loader(subset(test.dataset, config.diagnostics_examples, 0), False) if config.diagnostics else None
         crops = config.augment and config.dataset.startswith("cifar")  # as the torchvision path (data.py)
+        selection = Selection.build(config, loader(val_set, False), device) if val_set is not None else None
         return cls(config, device, model, optimizer, scheduler, loader(train_set, True, crops), loader(eval_set, False),
-                   loader(test.dataset, False), test, attacks, diagnostics_loader=diagnosed)
+                   loader(test.dataset, False), test, attacks, diagnostics_loader=diagnosed, selection=selection)
 
     def state(self) -> dict:
         state = {"epoch": self.epoch, "config": self.config.to_dict(), "model": self.model.state_dict(),
@@ -93,6 +97,8 @@ class Trial:
                  "rng": torch.get_rng_state(), "data_rng": self.train_loader.generator.get_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.selection is not None:
+            state["selection"] = self.selection.state_dict()
         return state
 
     def load_state(self, state: dict) -> None:
@@ -103,16 +109,20 @@ class Trial:
         self.train_loader.generator.set_state(state["data_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if self.selection is not None and "selection" in state:
+            self.selection.load_state_dict(state["selection"])
         self.epoch = int(state["epoch"])
 
     def train_epoch(self, show: bool) -> dict:
         config, model = self.config, self.model
-        step = METHODS[config.method]
+        step = method_for(config, self.epoch)  # natural during the warm-up epochs
+        warmup = LinearWarmup(self.optimizer, config.warmup_epochs, self.epoch, len(self.train_loader))
         autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=config.bf16)  # CPU too: same policy
         model.train()
         loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
         for images, labels in tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", disable=not show, leave=False):
             images, labels = images.to(self.device), labels.to(self.device)
+            warmup.next_batch()
             with autocast:
                 loss, logits = step(model, images, labels, config)
             if not torch.isfinite(loss):
@@ -125,6 +135,7 @@ class Trial:
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
         seconds = time.perf_counter() - start
+        warmup.finish()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
@@ -132,22 +143,31 @@ class Trial:
                 "images_per_sec": seen / seconds}
 
 
+def cap_gpu_memory(share: float) -> bool:
+    """Hold this process to ``share`` of its GPU's memory: Ray's fractional GPUs are logical only, so four
+    0.25-GPU trials on one device must each keep to a quarter themselves. False where nothing was capped."""
+    if not 0 < share < 1 or not torch.cuda.is_available():
+        return False
+    torch.cuda.set_per_process_memory_fraction(share, torch.cuda.current_device())
+    return True
+
+
 def model_for(config: TrialConfig) -> torch.nn.Module:
     """The config's model, shaped for its data set (classes, channels)."""
     info = INFO[config.dataset]
     return build_model(config.model, num_classes=info.num_classes, in_channels=info.in_channels,
                        width=config.width, ie_steps=config.ie_steps, ie_step_size=config.ie_step_size,
-                       inner_grad=config.inner_grad, norm=config.norm)
+                       inner_grad=config.inner_grad, norm=config.norm, stem=config.stem, input_norm=config.input_norm)
 
 
 def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
     """A trained model from a checkpoint: built from the config saved inside it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    state = load_checkpoint(path)
+    state = read_model_file(path)
     model = model_for(TrialConfig.from_dict(state["config"]))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"{path}: its weights do not fit its config ({str(err).splitlines()[0][:160]})") from None
     return model.to(device).eval()
 
 
@@ -175,7 +195,9 @@ def source_key(source: dict) -> str:
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
           resume_from: str | Path | None = None, progress: bool | None = None, trial: Trial | None = None) -> dict:
-    """Train one trial; returns the final metrics (``final/...``) on the whole (or ``test_subset``) test set.
+    """Train one trial; returns the final metrics (``final/...``) on the whole (or ``test_subset``) test set,
+    and with ``val_size`` those of the checkpoint selected on the held-out split (``selected/...``,
+    per-example results on ``trial.selected_results``; see ``selection.py``).
 
     After each epoch ``on_epoch(epoch, metrics, checkpoint_path_or_None)`` is called with train loss
     and accuracy, natural and robust accuracy on ``eval_subset`` test examples, lr and speed; the
@@ -192,6 +214,8 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     while trial.epoch < config.epochs:
         metrics = trial.train_epoch(show)
         metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
+        if trial.selection is not None:
+            metrics.update(trial.selection.observe(trial.model, trial.epoch))
         if config.diagnostics:
             metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.attacks, metrics, device=trial.device,
                                     max_examples=None))
@@ -201,6 +225,9 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
                                               progress=show)
             final = {f"final/{k}": v for k, v in trial.results.accuracies().items()}
             final.update({f"final/{k}": v for k, v in metrics.items() if k.startswith("diag/")})
+            if trial.selection is not None:  # the selected checkpoint on the same test examples: selected/...
+                trial.selected_results, selected = trial.selection.evaluate_selected(trial, show)
+                final.update(selected)
             metrics.update(final)
         path = None
         if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):
