@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 
+# The smoke sweep (sweeps/smoke.yaml) on a local Ray with SQLite MLflow (./mlflow.db), then its report
+# (./reports/): the table is printed, with the command that opens the MLflow UI. Run again, it reports again.
 demo: $(STAMP)
 	$(BIN)/ieskips demo
 

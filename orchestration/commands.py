@@ -200,23 +200,36 @@ def _attack_spec(text: str) -> dict:
     return spec
 
 
-DEMO_ATTACKS = [{"name": "fgsm", "eps": 0.15}, {"name": "pgd", "eps": 0.15, "alpha": 0.02, "steps": 20},
-                {"name": "pgd", "eps": 0.15, "alpha": 0.02, "steps": 20, "inner_grad": "unrolled"}]
+SMOKE_FILE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
 
 
 def demo(args) -> int:
-    """Vanilla ResNet-18 vs IE-ResNet-18 (K = 1, gamma = 0.05) on digits, naturally trained, MNIST-style
-    attacks (eps 0.15); the IE model is also attacked through its unrolled inner steps."""
-    rows = []
-    for name, k in (("ResNet-18", 0), ("IE-ResNet-1-18", 1)):
-        config = TrialConfig.from_dict({"dataset": "digits", "width": 8, "ie_steps": k, "epochs": args.epochs,
-                                        "batch_size": 64, "milestones": [args.epochs * 3 // 4],
-                                        "eval_attacks": DEMO_ATTACKS, "paper_table": "demo"})
-        rows.append((name, run_logged(config, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                                      out="runs", run_name=name)))
-    print(_table(rows))
-    print("(digits test set, 360 images; eps 0.15; see the runs with `mlflow ui` in this directory)")
-    return 0
+    """The product's main job on the embedded default: the smoke sweep (vanilla vs IE-ResNet-1-18,
+    natural and FGSM training, on digits) on a local Ray with SQLite MLflow in this directory, then its
+    report; prints the table, where the files are, and how to open the MLflow UI. Run again, it runs
+    nothing new (every trial is complete) and reports again."""
+    import argparse
+
+    from . import sweep_commands
+    from .report import write_report
+    from .spec import load_spec
+
+    path = Path(args.spec) if args.spec else SMOKE_FILE
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; pass --spec sweeps/smoke.yaml from the repository")
+    spec = load_spec(path)
+    code = sweep_commands.run(argparse.Namespace(spec=str(path), smoke=False, address=None, autoscaling=False))
+    uri = resolve_tracking_uri(spec.tracking_uri)
+    files = write_report(spec, uri, Path(args.out))
+    print("\n" + files[0].read_text())
+    print(f"report files: {', '.join(str(f) for f in files)}")
+    import sys
+
+    mlflow = Path(sys.executable).parent / "mlflow"
+    ui = f"{mlflow} ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+    print(f"runs: MLflow experiment {spec.experiment!r} at {uri}; to browse them: {ui} "
+          "(then http://127.0.0.1:5000)")
+    return code
 
 
 DIAGNOSTICS_COLUMNS = ("final/diag/stable_frac/all", "final/diag/residual/mean", "final/diag/stage_gain/mean")

@@ -25,6 +25,7 @@ from ieskips.attacks import attack_label
 from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
 from ieskips.stored import diagnose_stored, evaluate_stored
+from ieskips.training import cap_gpu_memory
 
 from .manifest import git_state
 from .run_artifacts import find_oracle, oracle_specs, resolve_oracles, stored_labels, stored_model, stored_results, \
@@ -59,7 +60,7 @@ def needs_diagnostics(run, force: bool, job: str | None = None) -> bool:
 
 
 def evaluate_run(tracking_uri: str, run_id: str, specs: list[dict], *, job: str, force: bool = False,
-                 diagnostics: bool = False, threads: int | None = None) -> dict:
+                 diagnostics: bool = False, threads: int | None = None, gpu_share: float = 0) -> dict:
     """Attack run ``run_id``'s stored model with ``specs`` (those it lacks) and, with ``diagnostics``,
     measure its stability; write the results back. Returns the run's new metrics and timings
     (seconds: ``attack`` inside the evaluation, ``total``)."""
@@ -70,6 +71,7 @@ def evaluate_run(tracking_uri: str, run_id: str, specs: list[dict], *, job: str,
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(max(1, int(threads)))
+    cap_gpu_memory(gpu_share)
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     todo = to_do(client, run, specs, force, job)
@@ -223,7 +225,7 @@ def run_on_ray(tracking_uri: str, work: list[tuple], *, job: str, force: bool, r
     task = ray.remote(evaluate_run).options(num_cpus=resources.cpu, num_gpus=resources.gpu,
                                             max_retries=max(1, retries), retry_exceptions=False)
     pending = {task.remote(tracking_uri, run.info.run_id, todo, job=job, force=force, diagnostics=diagnostics,
-                           threads=resources.cpu): run for run, todo in work}
+                           threads=resources.cpu, gpu_share=resources.gpu): run for run, todo in work}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready[0])

@@ -268,6 +268,14 @@ def write_report(spec: SweepSpec, tracking_uri: str, out: Path, log_to_parent: b
         parent = find_parent_run(client, experiment_id, spec.name)
         if parent is None:
             raise ConfigError(f"sweep {spec.name!r} has no parent run in experiment {spec.experiment!r}")
-        for path in files:
-            client.log_artifact(parent.info.run_id, str(path), "report")
+        try:
+            for path in files:
+                client.log_artifact(parent.info.run_id, str(path), "report")
+        except Exception as err:  # noqa: BLE001  (a store we can read but not write artifacts to: the files stand)
+            import logging
+
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            logging.getLogger("ieskips").warning(
+                "ieskips: warning: the report is in %s, but it could not be logged to the sweep's parent run %s "
+                "(%s: %s)", out, parent.info.run_id, type(err).__name__, reason[:200])
     return files

@@ -58,6 +58,32 @@ class Scheduler(_Strict):
 class Resources(_Strict):
     cpu: float = Field(1, gt=0)  # CPUs per trial (torch uses this many threads)
     gpu: float = Field(0, ge=0)  # GPUs per trial; fractions (0.25) let small trials share one GPU
+    memory_gb: Optional[float] = Field(None, gt=0)  # host memory Ray reserves per trial (None: no reservation)
+
+    def ray(self) -> dict:
+        out = {"cpu": self.cpu, "gpu": self.gpu}
+        if self.memory_gb:
+            out["memory"] = int(self.memory_gb * 2**30)
+        return out
+
+
+class Budget(_Strict):
+    gpu_hours: Optional[float] = Field(None, gt=0)  # GPUs held x wall hours, over every launch of the sweep
+    cpu_hours: Optional[float] = Field(None, gt=0)  # the same in CPUs, for sweeps that hold no GPU
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.gpu_hours is None) == (self.cpu_hours is None):
+            raise ValueError("give one of gpu_hours or cpu_hours")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "gpu" if self.gpu_hours is not None else "cpu"
+
+    @property
+    def hours(self) -> float:
+        return self.gpu_hours if self.gpu_hours is not None else self.cpu_hours
 
 
 class ReportColumn(_Strict):
@@ -98,6 +124,7 @@ class SweepSpec(_Strict):
     storage_shared: bool = False  # a local-looking storage_path that every node mounts (NFS)
     tracking_uri: Optional[str] = None  # MLflow; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     retries: int = Field(2, ge=0)  # attempts after a failure (node loss), each from the last checkpoint
+    budget: Optional[Budget] = None  # device-hours for the whole sweep: no trial starts that would exceed it
     report: Optional[Report] = None  # the paper's table or figure this sweep regenerates
 
     @model_validator(mode="after")
@@ -115,6 +142,8 @@ class SweepSpec(_Strict):
                 raise ValueError(f"grid key {key!r} has no values")
         if self.search and self.scheduler and self.search.metric != self.scheduler.metric:
             raise ValueError("search.metric and scheduler.metric differ; use one metric for both")
+        if self.budget and self.budget.kind == "gpu" and not self.resources.gpu:
+            raise ValueError("budget.gpu_hours counts GPUs, but resources.gpu is 0: use budget.cpu_hours")
         return self
 
     @property
@@ -154,9 +183,26 @@ def parse_spec(values: dict, where: str = "sweep") -> SweepSpec:
         raise ConfigError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
     try:
         spec.trial_configs()
+        _check_search_bounds(spec)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return spec
+
+
+def _check_search_bounds(spec: SweepSpec) -> None:
+    """Every value a search can sample makes a valid trial config (its bounds and choices checked now,
+    not in a trial)."""
+    if spec.search is None:
+        return
+    point = spec.grid_points()[0]
+    for key, dist in spec.search.params.items():
+        values = dist.values if dist.type == "choice" else [dist.low, dist.high]
+        for value in values:
+            value = int(value) if dist.type == "int" else value
+            try:
+                TrialConfig.from_dict({**spec.base, **point, key: value})
+            except ConfigError as err:
+                raise ConfigError(f"search.params.{key}: {value!r} would be sampled, but {err}") from None
 
 
 def check_cluster_storage(spec: SweepSpec, tracking_uri: str, nodes: int) -> None:
@@ -189,7 +235,7 @@ def smoke_spec(spec: SweepSpec) -> SweepSpec:
     if "eval_attacks" in grid:
         grid["eval_attacks"] = [[_smoke_attack(a) for a in option] for option in grid["eval_attacks"]]
     values.update(grid=grid, name=f"{spec.name}-smoke", storage_path=None, storage_shared=False,
-                  tracking_uri=None, resources={"cpu": 1, "gpu": 0})
+                  tracking_uri=None, resources={"cpu": 1, "gpu": 0}, budget=None)
     if values["search"]:
         values["search"]["samples"] = min(values["search"]["samples"], 4)
     return parse_spec(values, f"{spec.name} (smoke)")

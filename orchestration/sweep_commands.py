@@ -1,4 +1,10 @@
-"""``ieskips sweep run | resume | status``."""
+"""``ieskips sweep run | resume | status``.
+
+``sweep run FILE`` brings a sweep up to its file: a new sweep runs every trial; one that exists runs
+only the trials whose identity (``identity.py``) has no complete run (new seeds, new grid values,
+trials that failed or were killed), under the same MLflow parent run, and says so before it starts.
+Every check that can fail (``preflight.py``) runs before anything is started or written.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -54,25 +60,70 @@ def check_oracles(spec, tracking_uri: str) -> None:
             find_oracle(client, experiment_id, attack["source"], config.seed)
 
 
+def existing_runs(spec, tracking_uri: str) -> list:
+    """The sweep's trial runs so far (none for a new sweep); reads only, creates nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import check_reachable, sweep_trial_runs
+
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        found = client.get_experiment_by_name(spec.experiment)
+        return sweep_trial_runs(client, found.experiment_id, spec.name) if found else []
+    except Exception as err:  # noqa: BLE001  (mlflow raises many types for an unusable store)
+        raise ConfigError(f"cannot use the MLflow tracking store {tracking_uri}: "
+                          f"{str(err).splitlines()[0][:200]}") from None
+
+
 def run(args) -> int:
-    from . import tuner
+    from . import preflight, tuner
+    from .identity import pending
 
     spec = load_spec(args.spec)
     if args.smoke:
         spec = smoke_spec(spec)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
-    where = tuner.experiment_dir(spec)
-    if "://" not in where and Path(where).exists():
-        raise ConfigError(f"sweep {spec.name!r} already exists at {where}; `ieskips sweep resume {spec.name}` "
-                          "continues it, or rename the sweep")
     if args.address:
         check_cluster_storage(spec, tracking_uri, connect_ray(args.address))
+    preflight.run_checks(spec, args.address, getattr(args, "autoscaling", False))
     check_oracles(spec, tracking_uri)
-    tracking = tuner.prepare(spec, tracking_uri)
+    runs = existing_runs(spec, tracking_uri)
+    todo = pending(spec, runs)
+    ledger = tuner.ledger_for(spec, runs)
+    print(_plan_line(spec, todo, runs, ledger))
+    if todo.samples == 0:
+        return 0
+    if ledger.limit is not None and not ledger.admits():
+        print(f"sweep {spec.name}: {todo.samples} trials not started: the budget is spent ({_budget(ledger)})")
+        return 0
+    launch = tuner.new_launch()
+    tracking = tuner.prepare(spec, tracking_uri, launch)
     tuner.save_state(spec, tracking)
     connect_ray(args.address)
-    results = tuner.build_tuner(spec, tracking).fit()
-    return _summarise(tuner.finish(spec, tracking, results), results, spec)
+    tuner.build_tuner(spec, tracking, todo, ledger).fit()
+    return _summarise(spec, tracking, todo.samples)
+
+
+def _plan_line(spec, todo, runs, ledger) -> str:
+    if spec.search is None:
+        total = todo.samples + todo.skipped
+        line = (f"sweep {spec.name}: {total} trials in the file; {todo.skipped} complete (skipped), "
+                f"{todo.samples} to run")
+    else:
+        line = (f"sweep {spec.name}: search of {max(spec.search.samples, len(todo.identities))} samples; "
+                f"{len(todo.known)} complete (their results go to the searcher first), {todo.samples} to run")
+    stale = sum(1 for r in runs if r.info.status == "RUNNING")
+    if stale:
+        line += (f"; {stale} runs were left RUNNING by a driver that died (`ieskips sweep resume {spec.name}` "
+                 "continues them from their checkpoints; this run starts them again)")
+    if ledger.limit is not None:
+        line += f"; budget: {_budget(ledger)}"
+    return line
+
+
+def _budget(ledger) -> str:
+    return f"{ledger.spent():.4g} of {ledger.limit:g} {ledger.kind}-hours spent"
 
 
 def resume(args) -> int:
@@ -84,40 +135,77 @@ def resume(args) -> int:
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {args.name!r} at {path} has no state to resume from")
     connect_ray(args.address)
-    tuner.prepare(spec, tracking["tracking_uri"])  # the parent run is RUNNING again
+    tuner.prepare(spec, tracking["tracking_uri"], tracking["launch"])  # the parent run is RUNNING again
     restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
                                   resume_unfinished=True, resume_errored=True)
-    results = restored.fit()
-    return _summarise(tuner.finish(spec, tracking, results), results, spec)
+    restored.fit()
+    return _summarise(spec, tracking, None)
 
 
 def status(args) -> int:
-    from ray.tune import ExperimentAnalysis
-
+    """Trials by state, each with its identity, the time it used and the time it has left."""
     from . import tuner
+    from .budget import hours, time_left
+    from .identity import IDENTITY_TAG, complete, pending, trial_config
 
-    spec, _, path = tuner.load_state(args.name, args.storage)
-    metric, mode = spec.metric
-    analysis = ExperimentAnalysis(path, default_metric=metric, default_mode=mode)
-    counts = Counter(trial.status for trial in analysis.trials)
-    print(f"sweep {spec.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    finished = [t for t in analysis.trials if t.last_result and metric in t.last_result]
-    if finished:
-        pick = max if mode == "max" else min
-        best = pick(finished, key=lambda t: t.last_result[metric])
-        print(f"best so far: {best.trial_id} {metric}={best.last_result[metric]:.4f} {best.config}")
+    spec, tracking, _ = tuner.load_state(args.name, args.storage)
+    runs = existing_runs(spec, tracking["tracking_uri"])
+    todo = pending(spec, runs)
+    epochs = lambda run: int(run.data.params.get("epochs", 0) or 0)  # noqa: E731
+    base = dict(spec.base)
+    planned = [trial_config(base, p).epochs for p in todo.points]
+    left, per_new = time_left(runs, epochs, planned)
+    states = Counter(_state(r) for r in runs)
+    unfinished = sum(1 for r in runs if not complete(r))  # running, failed or killed: rerun by `sweep run`
+    not_started = max(0, todo.samples - unfinished)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    print(f"sweep {spec.name}: {counts or 'no runs'}" + (f", {not_started} not started" if not_started > 0 else ""))
+    print(f"{'state':<10}{'name':<44}{'identity':<18}{'epochs':>8}{'used':>9}{'left':>9}")
+    for run in sorted(runs, key=lambda r: (_state(r), r.info.run_name or "")):
+        done = int(run.data.metrics.get("epoch", 0) or 0)
+        rest = left.get(run.info.run_id) if run.info.status == "RUNNING" else 0
+        print(f"{_state(run):<10}{(run.info.run_name or '')[:43]:<44}{run.data.tags.get(IDENTITY_TAG, '?'):<18}"
+              f"{f'{done}/{epochs(run)}':>8}{hours(run.data.metrics.get('cost/wall_s')):>9}"
+              f"{hours(rest) if rest is not None else '?':>9}")
+    running = sum(v for k, v in left.items() if any(r.info.run_id == k and r.info.status == "RUNNING" for r in runs))
+    todo_left = per_new * max(0, not_started) if per_new is not None else None
+    total = None if todo_left is None and not_started > 0 else running + (todo_left or 0)
+    print(f"time left: {hours(total)} of trial time ({hours(total / spec.max_concurrent if total else total)} "
+          f"at {spec.max_concurrent} trials at once), from the epoch times seen so far")
+    if spec.budget:
+        ledger = tuner.ledger_for(spec, runs)
+        undone = f"; {not_started} trials left undone by it" if not_started > 0 and not ledger.admits() else ""
+        print(f"budget: {_budget(ledger)}{undone}")
     return 0
 
 
-def _summarise(summary: dict, results, spec) -> int:
+def _state(run) -> str:
+    if run.data.tags.get("ieskips.stopped_early") == "true":
+        return "STOPPED"
+    return run.info.status
+
+
+def _summarise(spec, tracking: dict, planned: int | None) -> int:
+    """One line per trial run of this launch (failures with their cause), then the sweep's totals."""
+    from . import tuner
+
+    summary = tuner.finish(spec, tracking)
     metric, _ = spec.metric
-    for result in results:
-        config = result.config or {}
-        value = (result.metrics or {}).get(f"final/{metric}", (result.metrics or {}).get(metric))
-        state = "ERROR" if result.error else "ok"
-        print(f"{state:<6}{config}  {metric}={value if value is None else round(value, 4)}")
-    print(f"sweep {spec.name}: {summary['trials']} trials, {summary['errors']} errors")
-    return 1 if summary["errors"] else 0
+    for run in summary["runs"]:
+        value = run.data.metrics.get(f"final/{metric}", run.data.metrics.get(metric))
+        shown = "" if value is None else f"  {metric}={value:.4f}"
+        cause = summary["causes"].get(run.info.run_id)
+        print(f"{_state(run):<10}{run.info.run_name}{shown}" + (f"  cause: {cause}" if cause else ""))
+    ran, failed = len(summary["runs"]), len(summary["failed"])
+    totals = summary["totals"]
+    print(f"sweep {spec.name}: {ran} trials run, {failed} failed; the sweep has used "
+          f"{totals['cost/cpu_hours']:.4g} cpu-hours, {totals['cost/gpu_hours']:.4g} gpu-hours")
+    if planned is not None and planned > ran:
+        reason = f"the budget ({spec.budget.hours:g} {spec.budget.kind}-hours) would be exceeded" if spec.budget \
+            else "the sweep ended first"
+        print(f"sweep {spec.name}: {planned - ran} trials not started: {reason}; raise the budget and "
+              f"`ieskips sweep run` the file again to run them")
+    return 1 if failed else 0
 
 
 def plan(args) -> int:

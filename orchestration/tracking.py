@@ -1,6 +1,7 @@
 """MLflow: where runs go, and one run per trial with params, per-epoch metrics, tags and artifacts."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -85,7 +86,7 @@ def log_config_artifact(config: TrialConfig) -> None:
 # --- sweeps: one parent run per sweep, one child run per trial, found again by tag (idempotent) -----
 
 SWEEP_TAG, ROLE_TAG, TRIAL_TAG = "ieskips.sweep", "ieskips.role", "ieskips.trial_id"
-EARLY_STOP_TAG = "ieskips.stopped_early"
+EARLY_STOP_TAG, ERROR_TAG, IDENTITY_TAG = "ieskips.stopped_early", "ieskips.error", "ieskips.identity"
 
 
 def _find(client, experiment_id: str, **tags) -> Optional[Any]:
@@ -108,15 +109,24 @@ def sweep_parent_run(client, experiment_id: str, sweep: str, tags: dict) -> str:
     return run.info.run_id
 
 
-def trial_run(client, experiment_id: str, parent_id: str, sweep: str, trial_id: str, name: str,
+def find_trial_run(client, experiment_id: str, sweep: str, identity: str):
+    return _find(client, experiment_id, **{IDENTITY_TAG: identity, SWEEP_TAG: sweep})
+
+
+def trial_run(client, experiment_id: str, parent_id: str, sweep: str, identity: str, trial_id: str, name: str,
               tags: dict) -> tuple[str, bool]:
-    """The trial's child run and whether it is new. A retry or a resumed sweep finds the same run."""
-    found = _find(client, experiment_id, **{TRIAL_TAG: trial_id, SWEEP_TAG: sweep})
+    """The trial's child run and whether it is new: one run per identity, so a retry, a resumed sweep
+    and a later launch that reruns a failed or killed trial all continue the same run."""
+    found = find_trial_run(client, experiment_id, sweep, identity)
     if found:
         client.update_run(found.info.run_id, status="RUNNING")
+        client.set_tag(found.info.run_id, TRIAL_TAG, trial_id)
+        if ERROR_TAG in found.data.tags:  # the cause of an earlier attempt's failure
+            client.delete_tag(found.info.run_id, ERROR_TAG)
         return found.info.run_id, False
     run = client.create_run(experiment_id, run_name=name, tags={
-        "mlflow.parentRunId": parent_id, SWEEP_TAG: sweep, ROLE_TAG: "trial", TRIAL_TAG: trial_id, **tags})
+        "mlflow.parentRunId": parent_id, SWEEP_TAG: sweep, ROLE_TAG: "trial", TRIAL_TAG: trial_id,
+        IDENTITY_TAG: identity, **tags})
     return run.info.run_id, True
 
 
@@ -133,18 +143,150 @@ def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
     client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items()])
 
 
-def close_trial_run(client, experiment_id: str, sweep: str, trial_id: str, status: str) -> None:
+def close_trial_run(client, experiment_id: str, sweep: str, trial_id: str, status: str, cause: str = "") -> None:
     """End a trial's run that its own process could not end (stopped early, failed, killed).
-    ``status``: "stopped" (early stop by the scheduler) or an MLflow status such as "FAILED"."""
+    ``status``: "stopped" (early stop by the scheduler) or an MLflow status such as "FAILED";
+    ``cause``: one line, kept as the run's ``ieskips.error`` tag."""
     found = _find(client, experiment_id, **{TRIAL_TAG: trial_id, SWEEP_TAG: sweep})
     if found is None or found.info.status != "RUNNING":
         return
     if status == "stopped":
         client.set_tag(found.info.run_id, EARLY_STOP_TAG, "true")
         status = "KILLED"
+    if cause:
+        client.set_tag(found.info.run_id, ERROR_TAG, one_line(cause))
     client.set_terminated(found.info.run_id, status)
+
+
+def one_line(text, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:limit]
 
 
 def sweep_trial_runs(client, experiment_id: str, sweep: str) -> list:
     return client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and "
                               f"tags.`{ROLE_TAG}` = 'trial'", max_results=10000)
+
+
+# --- what a trial run records besides its metrics: its data sets and its process's system metrics -----
+
+def log_datasets(client, run_id: str, config: TrialConfig, test_identity: str) -> None:
+    """The training and test data as MLflow dataset inputs (name, digest, context train/test), once per
+    run: the runs table's Dataset column. Digest: the content hash of the whole split
+    (``ieskips.data.identity``); the profile says which part of it the trial used."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from ieskips.data import identity, load_dataset
+
+    if client.get_run(run_id).inputs.dataset_inputs:
+        return
+    train = load_dataset(config.dataset, True, root=config.data_dir, download=False, augment=False)
+    splits = [("train", identity(config.dataset, train), config.train_subset, len(train), config.seed),
+              ("test", test_identity, config.test_subset, int(test_identity.split("-")[-2]), 0)]
+    inputs = []
+    for split, ident, used, size, seed in splits:
+        profile = {"split": split, "examples": min(used or size, size), "of": size, "subset_seed": seed}
+        dataset = Dataset(name=config.dataset, digest=ident.rsplit("-", 1)[-1], source_type="ieskips",
+                          source=json.dumps({"dataset": config.dataset, "split": split}),
+                          profile=json.dumps(profile))
+        inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", split)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+class SystemMetrics:
+    """CPU, memory and the trial's own GPUs, sampled in a thread of the trial's process and logged to
+    the trial's run as ``system/...`` (the MLflow UI's System metrics tab). MLflow's own monitor needs
+    psutil and reports every GPU of the machine through NVML, whatever CUDA_VISIBLE_DEVICES says; this
+    one reads the process's own counters and only the GPUs torch sees (those Ray gave the trial).
+
+    ``system/process_cpu_percentage``: CPU time of the trial's process over wall time (100 = one core);
+    ``system/process_memory_megabytes``: its resident memory; ``system/system_memory_usage_percentage``:
+    the node's; per visible GPU ``i``: ``gpu_i_memory_allocated_megabytes`` (this process's tensors),
+    ``gpu_i_memory_reserved_megabytes`` and ``gpu_i_utilization_percentage`` (where NVML is available)."""
+
+    def __init__(self, client, run_id: str, every: float | None = None):
+        import threading
+
+        self.client, self.run_id = client, run_id
+        self.every = every or float(os.environ.get("IESKIPS_SYSTEM_METRICS_INTERVAL", "5"))
+        self.start_ms = client.get_run(run_id).info.start_time
+        self._stop, self._thread = threading.Event(), None
+        self._cpu, self._wall = _cpu_seconds(), time.monotonic()
+
+    def start(self) -> "SystemMetrics":
+        import threading
+
+        self._thread = threading.Thread(target=self._loop, name="ieskips-system-metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.wait(self.every):
+            self._log()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+            self._log()
+
+    def sample(self) -> dict:
+        now, cpu = time.monotonic(), _cpu_seconds()
+        out = {"process_cpu_percentage": 100 * (cpu - self._cpu) / max(now - self._wall, 1e-6),
+               "process_memory_megabytes": _rss_bytes() / 1e6}
+        self._cpu, self._wall = cpu, now
+        total, available = _memory()
+        if total:
+            out["system_memory_usage_percentage"] = 100 * (total - available) / total
+        out.update(_gpus())
+        return {f"system/{k}": float(v) for k, v in out.items()}
+
+    def _log(self) -> None:
+        from mlflow.entities import Metric
+
+        try:
+            stamp = int(time.time() * 1000)
+            step = max(0, (stamp - self.start_ms) // 1000)  # seconds since the run began (over every attempt)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in self.sample().items()])
+        except Exception:  # noqa: BLE001  (monitoring must never fail a trial)
+            pass
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _rss_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the peak, where /proc is missing
+
+
+def _memory() -> tuple[int, int]:
+    """(total, available) bytes of the node's memory; (0, 0) where /proc/meminfo is missing."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def _gpus() -> dict:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    out = {}
+    for i in range(torch.cuda.device_count()):
+        out[f"gpu_{i}_memory_allocated_megabytes"] = torch.cuda.memory_allocated(i) / 1e6
+        out[f"gpu_{i}_memory_reserved_megabytes"] = torch.cuda.memory_reserved(i) / 1e6
+        try:
+            out[f"gpu_{i}_utilization_percentage"] = torch.cuda.utilization(i)
+        except Exception:  # noqa: BLE001  (needs NVML)
+            pass
+    return out

@@ -1,6 +1,7 @@
 """The MLflow UI in headless Chromium (Debian's chromium, driven by Playwright; no browser download): log
-in, open the sweep's experiment, see its runs, open the parent run and its report artifact. Screenshots
-are saved under tests/e2e/artifacts/ for a person to look at."""
+in, open the sweep's experiment, see its runs by their readable names with their data sets in the Dataset
+column, open the parent run and its report artifact. Screenshots are saved under tests/e2e/artifacts/ for
+a person to look at."""
 import re
 from pathlib import Path
 
@@ -63,11 +64,19 @@ def test_the_ui_shows_the_sweep_runs_and_the_report(browser, mlflow_server, swee
     close_assistant = page.get_by_role("button", name="Close")
     if close_assistant.count():
         close_assistant.first.click()
-    trials = page.get_by_role("row").filter(has_text=re.compile(r"run_trial_\w+_0000[0-3]"))
+    # Trials carry names a person can read (model, K, training method, seed), not Ray's trial ids.
+    trials = page.get_by_role("row").filter(has_text=re.compile(r"preact_resnet18-K[01]-(natural|fgsm)-s0"))
     expect(trials).to_have_count(0)  # children are folded under the parent
     parent.locator("button").first.click()  # unfold
     expect(trials).to_have_count(4)
     expect(page.get_by_text("5 matching runs")).to_be_visible()
+    for name in ("preact_resnet18-K0-natural-s0", "preact_resnet18-K1-fgsm-s0"):
+        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+    # The Dataset column: each trial's data (logged as MLflow dataset inputs: name, digest, context).
+    expect(page.get_by_role("columnheader").filter(has_text="Dataset").first).to_be_visible()
+    for i in range(4):  # a row is split in two (pinned name column, scrolled columns): join them by row-id
+        row_id = trials.nth(i).get_attribute("row-id")
+        expect(page.locator(f'[role="row"][row-id="{row_id}"]').filter(has_text="digits")).to_have_count(1)
     page.screenshot(path=str(ARTIFACTS / "mlflow-runs.png"))
 
     # The parent run's artifacts: the report that `ieskips report` logged, rendered.

@@ -1,4 +1,5 @@
 """`ieskips train` and `ieskips evaluate`: MLflow contents, and bad input refused before anything runs."""
+import random
 import subprocess
 import sys
 
@@ -61,3 +62,83 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, word
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ieskips: error:") and words in last
     assert list(tmp_path.iterdir()) == []
+
+
+class _Payload:
+    """A pickle that would create ``marker`` when loaded by an unsafe unpickler."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def not_checkpoints(folder):
+    """Files a user might pass as a checkpoint that are not one: name -> path. The pickles would create
+    ``folder / "PWNED"`` if anything unpickled them unsafely."""
+    import pickle
+
+    import torch
+
+    from ieskips.config import TrialConfig
+    from ieskips.stored import save_model
+    from ieskips.training import model_for
+
+    marker = folder / "PWNED"
+    files = {"garbage": folder / "garbage.pt", "text": folder / "notes.pt", "truncated": folder / "truncated.pt",
+             "pickle_torch": folder / "evil_torch.pt", "pickle_plain": folder / "evil_plain.pt"}
+    files["garbage"].write_bytes(random.Random(0).randbytes(4096))
+    files["text"].write_bytes(b"this is not a checkpoint\n" * 10)
+    config = TrialConfig.from_dict({"dataset": "digits", "width": 2, "epochs": 1})
+    whole = save_model(config, model_for(config), folder / "whole.pt").read_bytes()
+    files["truncated"].write_bytes(whole[: len(whole) // 2])
+    torch.save({"config": config.to_dict(), "model": _Payload(marker)}, files["pickle_torch"])
+    files["pickle_plain"].write_bytes(pickle.dumps({"config": config.to_dict(), "model": _Payload(marker)}))
+    (folder / "whole.pt").unlink()
+    return marker, files
+
+
+@pytest.mark.parametrize("kind", ["garbage", "text", "truncated", "pickle_torch",
+                                  "pickle_plain"])
+def test_evaluate_refuses_what_is_not_a_checkpoint_in_one_line_and_runs_no_code(tmp_path, kind):
+    marker, files = not_checkpoints(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "evaluate", "--checkpoint", str(files[kind])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ieskips: error:") and files[kind].name in last and "not" in last
+    assert not marker.exists(), "the pickle's code ran"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files.values())  # nothing written
+
+
+def test_evaluate_run_refuses_a_stored_model_that_is_a_pickle_and_runs_no_code(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    marker, files = not_checkpoints(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("evil", artifact_location=str(tmp_path / "artifacts")))
+    stored = tmp_path / "model" / "weights.pt"
+    stored.parent.mkdir()
+    stored.write_bytes(files["pickle_torch"].read_bytes())
+    client.log_artifact(run.info.run_id, str(stored), "model")
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "evaluate", "--run", run.info.run_id,
+                           "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ieskips: error:") and run.info.run_id in last and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+def test_train_refuses_a_transfer_source_that_is_a_pickle_in_one_line(tmp_path):
+    marker, files = not_checkpoints(tmp_path)
+    attacks = f"eval_attacks=[{{name: transfer, source: {files['pickle_torch']}}}]"
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "train", *sets(SMALL[:-1] + [attacks])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180, env={"PATH": "/usr/bin:/bin"})
+    assert not marker.exists()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]

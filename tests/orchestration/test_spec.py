@@ -30,6 +30,10 @@ BAD = [
     ({"search": {"params": {"ie_steps": {"type": "choice", "values": [0]}}}}, "both in grid and search"),
     ({"search": {"params": {"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, "metric": "a"},
       "scheduler": {"metric": "b"}}, "use one metric"),
+    ({"search": {"params": {"train_steps": {"type": "int", "low": 0, "high": 3}}}},
+     "search.params.train_steps: 0 would be sampled"),
+    ({"resources": {"cpu": 1, "memory_gb": 0}}, "resources.memory_gb"),
+    ({"budget": {"gpu_hours": 3}}, "resources.gpu is 0"),
 ]
 
 
@@ -66,9 +70,17 @@ def test_cluster_needs_shared_storage_and_a_tracking_server():
     check_cluster_storage(parse_spec({**GOOD, "storage_path": "s3://bucket/ray"}), "https://mlflow", nodes=3)
 
 
+def test_resources_as_ray_requests_and_budgets_shrink_away():
+    spec = parse_spec({**GOOD, "resources": {"cpu": 2, "gpu": 0.5, "memory_gb": 1.5}, "budget": {"gpu_hours": 10}})
+    assert spec.resources.ray() == {"cpu": 2, "gpu": 0.5, "memory": int(1.5 * 2**30)}
+    assert spec.budget.kind == "gpu" and spec.budget.hours == 10
+    assert smoke_spec(spec).budget is None and "memory" not in parse_spec(GOOD).resources.ray()
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_sweep_file_validates_and_shrinks(path):
     spec = load_spec(path)
     small = smoke_spec(spec)
     assert small.resources.gpu == 0 and small.storage_path is None and small.tracking_uri is None
+    assert small.budget is None  # a smoke run on a CPU is no part of the paper sweep's budget
     assert all(c.epochs <= 2 and c.dataset == "digits" for c in small.trial_configs())
