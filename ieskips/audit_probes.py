@@ -32,13 +32,15 @@ def probe_batch(loader, device, n):
 
 
 def gradient_exactness(model: nn.Module, images, labels, *, adversarial=None, directions: int = 3,
-                       rtol: float = 1e-4, seed: int = 0) -> Check:
+                       rtol: float = 1e-2, seed: int = 0) -> Check:
     """The input gradient an attack would follow equals a float64 central finite difference.
 
     On a float64 copy (IE-Skips unrolled: the exact gradient of the K-step forward), per example and
     for ``directions`` random directions ``d``, ``<grad L, d>`` against ``(L(x + h d) - L(x - h d)) / 2h``
-    (the better of h = 1e-5 and 1e-6, so that one ReLU kink crossed does not count), at ``images``
-    and at ``adversarial``. The as-implemented gradient (the model's own mode, e.g. detached) is
+    (the better of h = 1e-5 and 1e-6, and per example the median over the directions, so that a ReLU
+    kink crossed along one direction does not count: a cut gradient is wrong along all), at ``images``
+    and at ``adversarial``. ``rtol`` 1e-2: an exact gradient lands within about 1e-3 even at PGD points
+    (which sit near ReLU kinks), a cut one is off by 1e-1 or more. The as-implemented gradient (the model's own mode, e.g. detached) is
     reported beside it, not judged: it is approximate by design.
     """
     ref = copy.deepcopy(model).double().eval()
@@ -50,8 +52,8 @@ def gradient_exactness(model: nn.Module, images, labels, *, adversarial=None, di
         x = x.detach().double()
         dirs = [torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) for _ in range(directions)]
         with inner_grad_mode(ref, "unrolled") if ie else contextlib.nullcontext():
-            worst[name] = max(_fd_error(ref, x, labels, d) for d in dirs)
-        own[name] = max(_fd_error(ref, x, labels, d) for d in dirs) if ie else worst[name]
+            worst[name] = _median_error(ref, x, labels, dirs)
+        own[name] = _median_error(ref, x, labels, dirs) if ie else worst[name]
     err = max(worst.values())
     what = "unrolled input gradient" if ie else "input gradient"
     return Check("gradient_exact", err <= rtol,
@@ -64,7 +66,12 @@ def _errors(errors: dict) -> str:
     return ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
 
 
-def _fd_error(model, x, labels, d) -> float:
+def _median_error(model, x, labels, dirs) -> float:
+    """Per example the median relative error over the directions; the largest over the examples."""
+    return torch.stack([_fd_error(model, x, labels, d) for d in dirs]).median(0).values.max().item()
+
+
+def _fd_error(model, x, labels, d) -> torch.Tensor:
     xg = x.clone().requires_grad_()
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(per_example_loss(model(xg), labels, "ce").sum(), xg)
@@ -77,7 +84,7 @@ def _fd_error(model, x, labels, d) -> float:
             fd = (loss(x + h * d) - loss(x - h * d)) / (2 * h)
             err = (analytic - fd).abs() / torch.maximum(torch.maximum(analytic.abs(), fd.abs()), scale)
             best = err if best is None else torch.minimum(best, err)
-    return best.max().item()
+    return best
 
 
 def forward_consistency(model: nn.Module, images, *, atol: float = 1e-4, rtol: float = 1e-4) -> Check:

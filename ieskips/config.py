@@ -106,9 +106,6 @@ class TrialConfig(BaseModel):
         if self.clean_loss_weight and self.method not in ("fgsm", "pgd"):
             raise ConfigError(f"clean_loss_weight adds CE on clean examples to fgsm/pgd training; method "
                               f"{self.method!r} has its own clean term (trades) or none to add to: set it to 0")
-        if self.rotate and self.augment and self.data_on_device:
-            raise ConfigError("rotate (RandomRotation) runs in torchvision's pipeline, which the device loader "
-                              "replaces: set data_on_device: false, or rotate: 0")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

@@ -162,15 +162,16 @@ def _content(dataset: Dataset) -> tuple:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0,
-                device: torch.device | str | None = None, augment: bool = False):
+                device: torch.device | str | None = None, augment: bool = False, rotate: float = 0.0):
     """A loader whose shuffling follows its own seeded generator (reproducible, resumable): with a
-    ``device``, the data set held there (``DeviceLoader``, which does the ``augment``-ation itself);
+    ``device``, the data set held there (``DeviceLoader``, which does the ``augment``-ation and the
+    ``rotate``-ion itself);
     without, torchvision's DataLoader (augmentation, if any, is then the data set's transform)."""
     if device is not None:
         from .device_loader import DeviceLoader
 
         return DeviceLoader.from_dataset(dataset, batch_size, shuffle=shuffle, seed=seed, augment=augment,
-                                         device=device)
+                                         rotate=rotate, device=device)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, drop_last=False)

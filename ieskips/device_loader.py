@@ -23,12 +23,13 @@ PAD = 4  # random crop with zero padding 4, as the authors' code and the adversa
 
 class DeviceLoader:
     """Batches of ``(images in [0, 1] float32, labels)`` on ``device``; ``augment``: random crop
-    (zero padding 4) and horizontal flip per example."""
+    (zero padding 4) and horizontal flip per example, then, with ``rotate`` degrees, a rotation by an
+    angle drawn from [-rotate, rotate] (torchvision's RandomRotation: about the centre, nearest, fill 0)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int,
-                 augment: bool = False, device="cpu"):
+                 augment: bool = False, rotate: float = 0.0, device="cpu"):
         self.images, self.labels = images.to(device), labels.to(device)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.shuffle, self.augment, self.rotate = batch_size, shuffle, augment, rotate
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -44,6 +45,7 @@ class DeviceLoader:
         if self.augment:  # drawn for the whole epoch at once: the generator advances the same way every epoch
             offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=self.generator)
             flips = torch.rand(n, generator=self.generator) < 0.5
+            angles = (torch.rand(n, generator=self.generator) * 2 - 1) * self.rotate if self.rotate else None
         device = self.images.device
         for start in range(0, n, self.batch_size):
             chosen = order[start:start + self.batch_size].to(device)
@@ -51,6 +53,8 @@ class DeviceLoader:
             if self.augment:
                 part = slice(start, start + self.batch_size)
                 images = crop_flip(images, offsets[part].to(device), flips[part].to(device))
+                if angles is not None:
+                    images = rotated(images, angles[part].to(device))
             yield images, self.labels[chosen]
 
 
@@ -68,6 +72,16 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     batch = torch.arange(b, device=images.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def rotated(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Each image rotated about its centre by its angle; nearest neighbour, zeros outside (as
+    torchvision's RandomRotation with its defaults)."""
+    radians = torch.deg2rad(degrees.float())
+    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def raw_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import yaml
@@ -223,8 +224,6 @@ def demo(args) -> int:
     files = write_report(spec, uri, Path(args.out))
     print("\n" + files[0].read_text())
     print(f"report files: {', '.join(str(f) for f in files)}")
-    import sys
-
     mlflow = Path(sys.executable).parent / "mlflow"
     ui = f"{mlflow} ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     print(f"runs: MLflow experiment {spec.experiment!r} at {uri}; to browse them: {ui} "

@@ -83,7 +83,7 @@ class Trial:
         on = device if config.data_on_device else None
         loader = lambda ds, shuffle, augment=False: make_loader(  # noqa: E731
             ds, config.batch_size, shuffle=shuffle, seed=config.seed, num_workers=config.num_workers, device=on,
-            augment=augment)
+            augment=augment, rotate=config.rotate if augment else 0.0)
         attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
         diagnosed = loader(subset(test.dataset, config.diagnostics_examples, 0), False) if config.diagnostics else None
         crops = config.augment and config.dataset.startswith("cifar")  # as the torchvision path (data.py)

@@ -80,3 +80,19 @@ def test_a_saved_generator_state_resumes_the_same_epoch():
     expected = batches(loader)
     loader.generator.set_state(state)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches(loader), expected))
+
+
+def test_rotation_turns_about_the_centre_by_angles_within_the_range():
+    from ieskips.device_loader import rotated
+
+    images = torch.zeros(3, 1, 9, 9)
+    images[:, 0, 4, 6] = 1  # a dot two pixels right of the centre
+    out = rotated(images, torch.tensor([0.0, 90.0, 180.0]))
+    assert torch.equal(out[0], images[0])
+    for turned, (row, col) in zip(out[1:], [(2, 4), (4, 2)]):  # a quarter turn moves it up, a half turn left
+        assert turned[0].nonzero().tolist() in ([[row, col]], [[8 - row, col]])
+    loader = DeviceLoader(torch.ones(400, 1, 8, 8), torch.zeros(400, dtype=torch.long), 400, shuffle=False, seed=0,
+                          augment=True, rotate=15)
+    (out, _), = batches(loader)
+    corners = out[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]  # a rotated all-ones image leaves zero corners
+    assert 0 < (corners == 0).any(1).float().mean() < 1  # most angles clip a corner, a few (near 0) do not

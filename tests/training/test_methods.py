@@ -90,12 +90,6 @@ def test_the_clean_term_is_only_for_fgsm_and_pgd():
         TrialConfig.from_dict({"method": "natural", "clean_loss_weight": 1.0})
 
 
-def test_rotation_needs_the_torchvision_pipeline():
-    with pytest.raises(ConfigError, match="data_on_device"):
-        TrialConfig.from_dict({"rotate": 15})
-    assert TrialConfig.from_dict({"rotate": 15, "data_on_device": False}).rotate == 15
-
-
 def test_warmup_epochs_train_naturally():
     config = TrialConfig.from_dict({"method": "pgd", "warmup_epochs": 2})
     assert [method_for(config, e) for e in range(4)] == [natural, natural, pgd, pgd]
