@@ -16,9 +16,9 @@ from .attacks import attack_label
 from .config import TrialConfig
 from .data import make_loader, scored_examples, subset
 from .diagnostics import diagnose
-from .errors import ConfigError
 from .evaluation import ExampleResults, evaluate_examples
-from .training import make_attack, model_for, resolve_device, save_checkpoint
+from .training import make_attack, resolve_device, save_checkpoint
+from .training.trainer import model_from_state
 from .training.checkpoint import read_model_file
 
 MODEL_FILE = "weights.pt"
@@ -41,12 +41,7 @@ def read_model(path: str | Path) -> dict:
 
 def build(state: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The stored model, in eval mode on ``device``."""
-    model = model_for(TrialConfig.from_dict(state["config"]))
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"stored weights do not fit the stored config: {str(err).splitlines()[0][:160]}") from None
-    return model.to(device).eval()
+    return model_from_state(state, device)
 
 
 def evaluate_stored(state: dict, specs, *, device: str | None = None, oracles: dict | None = None,

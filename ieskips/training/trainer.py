@@ -160,14 +160,18 @@ def model_for(config: TrialConfig) -> torch.nn.Module:
                        inner_grad=config.inner_grad, norm=config.norm, stem=config.stem, input_norm=config.input_norm)
 
 
-def load_model(path: str | Path, device: torch.device) -> torch.nn.Module:
-    """A trained model from a checkpoint: built from the config saved inside it."""
-    state = read_model_file(path)
+def load_model(path: str | Path, device: torch.device | str) -> torch.nn.Module:
+    """A trained model from a checkpoint or stored-model file: built from the config saved inside it."""
+    return model_from_state(read_model_file(path), device)
+
+
+def model_from_state(state: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The model a ``{"config", "model"}`` dict describes, in eval mode on ``device``."""
     model = model_for(TrialConfig.from_dict(state["config"]))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"{path}: its weights do not fit its config ({str(err).splitlines()[0][:160]})") from None
+        raise ConfigError(f"stored weights do not fit the stored config: {str(err).splitlines()[0][:160]}") from None
     return model.to(device).eval()
 
 
