@@ -1,25 +1,14 @@
 """The audit flags a gradient-masked model and passes an honest one; evaluate() aggregates right."""
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ieskips.attacks import FGSM, PGD
 from ieskips.audit import audit
 from ieskips.evaluation import evaluate
+from tests.attacks.tiny_ie import Quantised
 
 pytestmark = pytest.mark.unit
-
-
-class Quantised(nn.Module):
-    """The honest linear model behind a non-differentiable input quantiser: zero input gradients."""
-
-    def __init__(self, inner, levels=16):
-        super().__init__()
-        self.inner, self.levels = inner, levels
-
-    def forward(self, x):
-        return self.inner(torch.round(x * self.levels) / self.levels)
 
 
 def loader(x, y):
