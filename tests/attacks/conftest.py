@@ -1,8 +1,8 @@
 import pytest
 import torch
-from torch import nn
 
 from ieskips.models import build_model
+from tests.attacks.tiny_ie import Linear
 
 
 @pytest.fixture
@@ -15,15 +15,6 @@ def ie_model():
 def batch():
     g = torch.Generator().manual_seed(1)
     return torch.rand(6, 1, 16, 16, generator=g), torch.randint(0, 10, (6,), generator=g)
-
-
-class Linear(nn.Module):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.T + self.bias
 
 
 @pytest.fixture

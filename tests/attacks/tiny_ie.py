@@ -57,6 +57,17 @@ def masked(model: nn.Module) -> nn.Module:
     return model
 
 
+class Linear(nn.Module):
+    """``x.flatten(1) @ weight.T + bias``: a model whose gradients and minimal perturbations are known."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
 class Quantised(nn.Module):
     """A model behind a non-differentiable input quantiser: zero input gradients everywhere."""
 

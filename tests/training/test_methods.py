@@ -13,19 +13,11 @@ from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
 from ieskips.training import Trial, train
 from ieskips.training.methods import LinearWarmup, fgsm, method_for, natural, pgd
+from tests.attacks.tiny_ie import Linear
 
 pytestmark = pytest.mark.unit
 SMALL = {"dataset": "digits", "width": 2, "batch_size": 64, "train_subset": 128, "test_subset": 32,
          "eval_subset": 16, "milestones": [], "train_steps": 2, "eval_attacks": [{"name": "fgsm", "eps": 0.1}]}
-
-
-class Linear(nn.Module):
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.T + self.bias
 
 
 @pytest.fixture
