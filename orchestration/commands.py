@@ -14,6 +14,7 @@ from ieskips.stored import diagnose_stored, evaluate_stored
 from ieskips.training import Trial, TrainingDiverged, resolve_device, train as train_trial
 
 from .evaluation_job import check_specs, evaluate_run, finished_runs, new_job, plan, run_on_ray
+from .lease import hold_runs
 from .run_artifacts import store_model, store_results, stored_model
 from .tracking import check_reachable, connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
 
@@ -129,7 +130,12 @@ def _evaluate_run(args, specs) -> dict:
     if not work:
         print(f"run {args.run}: every attack already evaluated (--force runs them again)")
         return state
-    result = evaluate_run(uri, args.run, work[0][1], job=new_job(), force=args.force, diagnostics=args.diagnostics)
+    job = new_job()
+    with hold_runs(uri, [run], job):  # one evaluation job per run (lease.py): exit 2 if another has it
+        result = evaluate_run(uri, args.run, work[0][1], job=job, force=args.force, diagnostics=args.diagnostics)
+    if not result["evaluated"]:
+        print(f"run {args.run}: every attack already evaluated (by another job, meanwhile)")
+        return state
     print(_table([(run.info.run_name or args.run, result["metrics"])]))
     if args.diagnostics:
         print(_listing(result["metrics"]))
@@ -141,32 +147,42 @@ def _evaluate_sweep(args, specs) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from .sweep_commands import connect_ray, sweep_spec
+    from .sweep_commands import sweep_spec
 
-    spec = sweep_spec(args.sweep, args.smoke, args.storage)
+    spec = sweep_spec(args.sweep, args.smoke, args.storage, args.sets, args.local)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
     client = MlflowClient(uri)
     experiment_id = connect(uri, spec.experiment)
     runs = finished_runs(client, experiment_id, spec.name, parse_overrides(args.match))
     with tempfile.TemporaryDirectory() as tmp:
         work = plan(client, runs, specs, args.force, Path(tmp), args.diagnostics)
-    print(f"sweep {spec.name}: {len(runs)} finished trials, {len(work)} to evaluate, {len(runs) - len(work)} "
-          "skipped (every attack already evaluated; --force runs them again)")
-    if not work:
-        return 0
+    job = new_job()
+    # One evaluation job per run (lease.py): exit 2 here if another job holds one of these runs.
+    with hold_runs(uri, [run for run, _ in work], job):
+        print(f"sweep {spec.name}: {len(runs)} finished trials, {len(work)} to evaluate, "
+              f"{len(runs) - len(work)} skipped (every attack already evaluated; --force runs them again)")
+        return _evaluate_on_ray(args, spec, uri, work, job) if work else 0
+
+
+def _evaluate_on_ray(args, spec, uri: str, work: list, job: str) -> int:
+    from .sweep_commands import connect_ray
+
     connect_ray(args.address)
-    failed, rows = 0, []
-    for run, result, error in run_on_ray(uri, work, job=new_job(), force=args.force, resources=spec.resources,
+    failed, rows, meanwhile = 0, [], 0
+    for run, result, error in run_on_ray(uri, work, job=job, force=args.force, resources=spec.resources,
                                          retries=spec.retries, diagnostics=args.diagnostics):
         name = run.info.run_name or run.info.run_id
         if error:
             failed += 1
             print(f"ERROR {name} ({run.info.run_id}): {error}")
+        elif not result["evaluated"]:
+            meanwhile += 1  # another job evaluated it between this one's plan and its lease
         else:
             rows.append((name, result["metrics"]))
     if rows:
         print(_table(rows))
-    print(f"sweep {spec.name}: {len(rows)} evaluated, {failed} failed")
+    also = f", {meanwhile} evaluated by another job meanwhile" if meanwhile else ""
+    print(f"sweep {spec.name}: {len(rows)} evaluated, {failed} failed{also}")
     return 1 if failed else 0
 
 
@@ -250,7 +266,7 @@ def report(args) -> int:
     from .report import write_report
     from .sweep_commands import sweep_spec
 
-    spec = sweep_spec(args.sweep, args.smoke, args.storage)
+    spec = sweep_spec(args.sweep, args.smoke, args.storage, args.sets, args.local)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
     for path in write_report(spec, uri, Path(args.out)):
         print(path)

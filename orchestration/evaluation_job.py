@@ -9,6 +9,10 @@ status and end time are untouched (``MlflowClient.log_*`` on a finished run does
 
 Exactly once under retries: the metrics and the tags naming this job go in one ``log_batch``, and a
 retried task (its node was lost) skips the labels whose tag already names its job.
+
+One job per run: the driver holds the lease (``lease.py``) of every run it will write into, from before
+its first task to its end (a second job exits 2 naming the holder); each task reads its run again under
+that lease, so what another job wrote between this one's plan and its lease is not written twice.
 """
 from __future__ import annotations
 

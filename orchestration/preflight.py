@@ -86,9 +86,9 @@ def check_checkpoints(spec) -> None:
 
 def check_data(spec) -> None:
     """Every data set of the sweep is on this machine (a local Ray: the trials run here)."""
-    from ieskips.data import load_dataset
+    from ieskips.data import load_dataset, resolve_root
 
-    wanted = {(c.dataset, str(Path(c.data_dir).resolve())) for c in spec.trial_configs() if not c.download}
+    wanted = {(c.dataset, str(resolve_root(c.data_dir).resolve())) for c in spec.trial_configs() if not c.download}
     for dataset, root in sorted(wanted):  # (with download: true the trial fetches it)
         load_dataset(dataset, False, root=root)
 

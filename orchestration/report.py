@@ -3,7 +3,8 @@ published numbers, with every cell traced to its run ids.
 
 Values are percentages: mean ± std over seeds with n shown; a row with no run is "missing", one whose
 runs all failed is "failed", never a zero. Beyond the paper: the worst case over every attack a run
-faced, and the IE-vs-vanilla gap with a 95% confidence interval over seed-paired differences.
+faced, the IE-vs-vanilla gap with a 95% confidence interval over seed-paired differences, and the
+paper's claims checked (orchestration/claims.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 
 from ieskips.errors import ConfigError
 
+from . import claims
 from .spec import Report, ReportColumn, SweepSpec
 from .tracking import TRIAL_TAG, find_parent_run, sweep_trial_runs
 
@@ -93,24 +95,21 @@ def _state(members, good, values) -> str:
 
 
 def gaps(runs: pd.DataFrame, report: Report) -> pd.DataFrame:
-    """IE minus vanilla per robust column, paired by seed; mean and 95% CI (t distribution)."""
-    from scipy import stats
-
+    """IE minus vanilla per robust column, paired by seed (and a figure's x key); mean and 95% CI (t)."""
     labels = {row.label: row for row in report.rows}
     records = []
     for row in report.rows:
         if not row.baseline or row.baseline not in labels:
             continue
-        ours, base = _usable(_matching(runs, row.match)), _usable(_matching(runs, labels[row.baseline].match))
+        base_match = labels[row.baseline].match
+        ours, base = _usable(_matching(runs, row.match)), _usable(_matching(runs, base_match))
+        keys = claims.pair_keys(report, row.match, base_match)
         for col in [c for c in report.columns if c.metric.startswith("final/robust_acc")] + [WORST]:
             if col.metric not in ours or col.metric not in base:
                 continue
-            paired = ours.set_index("p.seed")[col.metric].sub(base.set_index("p.seed")[col.metric]).dropna() * col.scale
-            n = len(paired)
-            half = stats.t.ppf(0.975, n - 1) * paired.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
-            records.append({"row": row.label, "baseline": row.baseline, "column": col.label, "n": n,
-                            "gap": paired.mean() if n else math.nan, "ci95_low": paired.mean() - half,
-                            "ci95_high": paired.mean() + half})
+            paired = claims.paired(ours, base, col.metric, scale=col.scale, keys=keys)
+            records.append({"row": row.label, "baseline": row.baseline, "column": col.label,
+                            **claims.interval(paired)})
     return pd.DataFrame.from_records(records, columns=["row", "baseline", "column", "n", "gap", "ci95_low",
                                                        "ci95_high"])
 
@@ -138,8 +137,8 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def markdown(table: pd.DataFrame, title: str) -> str:
-    head = ["Model", *table.columns]
+def markdown(table: pd.DataFrame, title: str, first: str = "Model") -> str:
+    head = [first, *table.columns]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join([str(i), *map(str, r)]) + " |" for i, r in zip(table.index, table.values)]
     return "\n".join(lines) + "\n"
@@ -252,6 +251,9 @@ def write_report(spec: SweepSpec, tracking_uri: str, out: Path, log_to_parent: b
     if not gap.empty:
         text += "\n" + markdown(gap.set_index("row").round(2).astype(str),
                                  "IE vs vanilla, percentage points (seed-paired, 95% CI)")
+    checked = claims.check(report, lambda match: _usable(_matching(runs, match)))
+    if not checked.empty:
+        text += "\n" + markdown(claims.table(checked), claims.TITLE, "Claim") + claims.LEGEND
     files = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex"),
              out / f"{spec.name}_provenance.csv"]
     files[0].write_text(text)
@@ -261,6 +263,9 @@ def write_report(spec: SweepSpec, tracking_uri: str, out: Path, log_to_parent: b
     if not gap.empty:
         files.append(out / f"{spec.name}_gaps.csv")
         gap.to_csv(files[-1], index=False)
+    if not checked.empty:
+        files.append(out / f"{spec.name}_claims.csv")
+        checked.to_csv(files[-1], index=False)
     if report.kind == "figure":
         files.append(figure(long, runs, report, client, stem.with_suffix(".png")))
     if log_to_parent:

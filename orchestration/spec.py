@@ -100,6 +100,18 @@ class ReportRow(_Strict):
     baseline: Optional[str] = None  # the vanilla row to compare with (IE-vs-vanilla gap, paired by seed)
 
 
+class Claim(_Strict):
+    """What the paper says one row does better than another; orchestration/claims.py checks it."""
+    statement: str = Field(min_length=1)  # the paper's claim in a sentence, with its section: "... (§5.2, Table 1)"
+    row: str  # the row the paper says wins, e.g. "IE-ResNet-1-18"
+    beats: str  # the row it wins against, e.g. "ResNet-18"
+    column: str  # the column it wins on, the paper's attack: e.g. "Robust Acc (%)"
+    beats_column: Optional[str] = None  # the baseline's column, where the paper compares across (Table 4's oracles)
+    where: dict[str, Any] = Field(default_factory=dict)  # config values both sides' runs must have (Fig. 4: a depth)
+    beats_where: dict[str, Any] = Field(default_factory=dict)  # and the baseline's on top (Fig. 6: K=0 in the same row)
+    natural_tolerance: float = Field(1.0, ge=0)  # points the row's natural accuracy may lag and still be comparable
+
+
 class Report(_Strict):
     title: str  # "Table 1: ..." as the paper captions it
     kind: Literal["table", "figure"] = "table"
@@ -108,6 +120,26 @@ class Report(_Strict):
     x: Literal["columns", "epoch"] | str = "columns"  # figures: column x values, epochs, or a config key
     x_metric: Optional[str] = None  # figures: x is this metric, one point per run (a scatter), e.g. a diagnostic
     note: Optional[str] = None  # e.g. "published only as a plot: no numbers to compare with"
+    claims: list[Claim] = Field(default_factory=list)  # the paper's claims this table or figure supports
+
+    @model_validator(mode="after")
+    def _claims_name_rows_and_columns(self):
+        rows, columns = [r.label for r in self.rows], [c.label for c in self.columns]
+        for i, claim in enumerate(self.claims):
+            for name in (claim.row, claim.beats):
+                if name not in rows:
+                    raise ValueError(f"claims[{i}]: {name!r} is not a row of the report (rows: {', '.join(rows)})")
+            for name in (claim.column, claim.beats_column or claim.column):
+                if name not in columns:
+                    raise ValueError(f"claims[{i}]: {name!r} is not a column of the report "
+                                     f"(columns: {', '.join(columns)})")
+            unknown = sorted((set(claim.where) | set(claim.beats_where)) - set(TrialConfig.model_fields))
+            if unknown:  # a misspelt key would match no run: "not shown", silently
+                raise ValueError(f"claims[{i}]: {unknown[0]!r} in where/beats_where is not a trial config key")
+            if claim.row == claim.beats and not claim.beats_where:
+                raise ValueError(f"claims[{i}]: {claim.row!r} would beat itself; name another row in 'beats' "
+                                 "or the baseline's runs in 'beats_where'")
+        return self
 
 
 class SweepSpec(_Strict):

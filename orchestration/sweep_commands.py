@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ieskips.errors import ConfigError
 
+from .lease import hold_sweep
 from .spec import check_cluster_storage, load_spec, smoke_spec
 from .tracking import resolve_tracking_uri
 
@@ -29,16 +30,39 @@ def connect_ray(address: str | None):
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
-def sweep_spec(name_or_file: str, smoke: bool, storage: str | None):
-    """A sweep file (its smoke version with ``smoke``), or the name of a sweep run here (its saved spec)."""
+def sweep_spec(name_or_file: str, smoke: bool, storage: str | None, sets=(), local: bool = False):
+    """A sweep file (its smoke version with ``smoke``), or the name of a sweep run here (its saved spec),
+    adapted to this place by ``--set``/``--local`` (``overrides.py``; the summary line says how)."""
+    return adapted_spec(name_or_file, smoke, storage, sets, local).spec
+
+
+def adapted_spec(name_or_file: str, smoke: bool, storage: str | None, sets=(), local: bool = False):
     from .tuner import load_state
 
     if Path(name_or_file).is_file():
         spec = load_spec(name_or_file)
-        return smoke_spec(spec) if smoke else spec
-    if name_or_file.endswith((".yaml", ".yml")):
+        spec = smoke_spec(spec) if smoke else spec
+    elif name_or_file.endswith((".yaml", ".yml")):
         raise ConfigError(f"sweep file {name_or_file} does not exist")
-    return load_state(name_or_file, storage)[0]
+    else:
+        spec = load_state(name_or_file, storage or _storage_of(sets))[0]
+    return _adapt(spec, sets, local)
+
+
+def _adapt(spec, sets, local: bool):
+    from .overrides import adapt
+
+    adapted = adapt(spec, sets, local)
+    if adapted.summary():
+        print(adapted.summary())
+    return adapted
+
+
+def _storage_of(sets) -> str | None:
+    """Where a sweep named on the command line is kept: ``--set storage_path=...``, else the default."""
+    from .overrides import parse_sets
+
+    return parse_sets(sets).get("storage_path")
 
 
 def check_oracles(spec, tracking_uri: str) -> None:
@@ -77,17 +101,25 @@ def existing_runs(spec, tracking_uri: str) -> list:
 
 
 def run(args) -> int:
-    from . import preflight, tuner
-    from .identity import pending
+    from . import preflight
 
-    spec = load_spec(args.spec)
-    if args.smoke:
-        spec = smoke_spec(spec)
+    adapted = adapted_spec(args.spec, args.smoke, None, getattr(args, "sets", ()), getattr(args, "local", False))
+    spec = adapted.spec
     tracking_uri = resolve_tracking_uri(spec.tracking_uri)
     if args.address:
         check_cluster_storage(spec, tracking_uri, connect_ray(args.address))
     preflight.run_checks(spec, args.address, getattr(args, "autoscaling", False))
     check_oracles(spec, tracking_uri)
+    with hold_sweep(spec, tracking_uri) as lease:  # one driver per sweep (lease.py): exit 2 if another runs it
+        return _launch(args, adapted, tracking_uri, lease)
+
+
+def _launch(args, adapted, tracking_uri: str, lease) -> int:
+    """The trials the sweep lacks, run under the sweep's lease."""
+    from . import tuner
+    from .identity import pending
+
+    spec = adapted.spec
     runs = existing_runs(spec, tracking_uri)
     todo = pending(spec, runs)
     ledger = tuner.ledger_for(spec, runs)
@@ -99,10 +131,20 @@ def run(args) -> int:
         return 0
     launch = tuner.new_launch()
     tracking = tuner.prepare(spec, tracking_uri, launch)
+    _record_overrides(tracking, adapted)
     tuner.save_state(spec, tracking)
     connect_ray(args.address)
     tuner.build_tuner(spec, tracking, todo, ledger).fit()
+    lease.check()  # taken over meanwhile (this driver hung): its runs are the new driver's to close
     return _summarise(spec, tracking, todo.samples)
+
+
+def _record_overrides(tracking: dict, adapted) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from .overrides import record
+
+    record(MlflowClient(tracking["tracking_uri"]), tracking["parent_id"], adapted)
 
 
 def _plan_line(spec, todo, runs, ledger) -> str:
@@ -131,15 +173,17 @@ def resume(args) -> int:
 
     from . import tuner
 
-    spec, tracking, path = tuner.load_state(args.name, args.storage)
+    spec, tracking, path = _named(args)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"sweep {args.name!r} at {path} has no state to resume from")
-    connect_ray(args.address)
-    tuner.prepare(spec, tracking["tracking_uri"], tracking["launch"])  # the parent run is RUNNING again
-    restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
-                                  resume_unfinished=True, resume_errored=True)
-    restored.fit()
-    return _summarise(spec, tracking, None)
+    with hold_sweep(spec, tracking["tracking_uri"], tracking["parent_id"]) as lease:  # one driver per sweep
+        connect_ray(args.address)
+        tuner.prepare(spec, tracking["tracking_uri"], tracking["launch"])  # the parent run is RUNNING again
+        restored = tune.Tuner.restore(path, trainable=tuner.trainable_for(spec, tracking),
+                                      resume_unfinished=True, resume_errored=True)
+        restored.fit()
+        lease.check()
+        return _summarise(spec, tracking, None)
 
 
 def status(args) -> int:
@@ -148,7 +192,7 @@ def status(args) -> int:
     from .budget import hours, time_left
     from .identity import IDENTITY_TAG, complete, pending, trial_config
 
-    spec, tracking, _ = tuner.load_state(args.name, args.storage)
+    spec, tracking, _ = _named(args)
     runs = existing_runs(spec, tracking["tracking_uri"])
     todo = pending(spec, runs)
     epochs = lambda run: int(run.data.params.get("epochs", 0) or 0)  # noqa: E731
@@ -177,6 +221,17 @@ def status(args) -> int:
         undone = f"; {not_started} trials left undone by it" if not_started > 0 and not ledger.admits() else ""
         print(f"budget: {_budget(ledger)}{undone}")
     return 0
+
+
+def _named(args) -> tuple:
+    """A sweep run here, by name: its saved spec adapted by ``--set``/``--local`` (a new place, new
+    resources: the tracking store stays the one it ran against), its tracking info, its latest launch."""
+    from . import tuner
+
+    sets = getattr(args, "sets", ())
+    spec, tracking, path = tuner.load_state(args.name, args.storage or _storage_of(sets))
+    spec = _adapt(spec, sets, getattr(args, "local", False)).spec
+    return spec, {**tracking, "threads": spec.resources.cpu, "gpu": spec.resources.gpu}, path
 
 
 def _state(run) -> str:
@@ -217,8 +272,7 @@ def plan(args) -> int:
 
     from .plan import lines, plan as estimate
 
-    spec = load_spec(args.spec)
-    spec = smoke_spec(spec) if args.smoke else spec
+    spec = adapted_spec(args.spec, args.smoke, None, getattr(args, "sets", ()), getattr(args, "local", False)).spec
     if args.images_per_sec is not None:
         check_range("--images-per-sec", args.images_per_sec, 0, low_open=True)
     device = str(resolve_device(args.device))

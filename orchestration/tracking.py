@@ -28,18 +28,42 @@ def connect(uri: str, experiment: str) -> str:
 
     Leaves MLflow's global tracking URI alone (it is an environment variable that child processes
     would inherit)."""
-    from mlflow.tracking import MlflowClient
-
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
-    client = MlflowClient(uri)
+    client = _open(uri)
     try:
         found = client.get_experiment_by_name(experiment)
         # The UI of MLflow 3.x opens an experiment without a kind in its GenAI view; ours are training runs.
         return found.experiment_id if found else client.create_experiment(
             experiment, tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception as err:  # noqa: BLE001  (mlflow raises many types for an unusable store)
+        found = _created_meanwhile(client, experiment)  # another driver created it at the same time
+        if found is not None:
+            return found
         raise ConfigError(f"cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:200]}") from None
+
+
+def _open(uri: str):
+    """An MlflowClient on ``uri``, its store opened. The first process to open a new SQLite file creates its
+    tables; two at once (two drivers started together) would both try and one fail: they take turns."""
+    import fcntl
+    import hashlib
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(uri)
+    lock = Path(tempfile.gettempdir()) / f"ieskips-store-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        return MlflowClient(uri)
+
+
+def _created_meanwhile(client, experiment: str) -> str | None:
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001
+        return None
+    return found.experiment_id if found else None
 
 
 def check_reachable(uri: str) -> None:
@@ -96,7 +120,11 @@ def _find(client, experiment_id: str, **tags) -> Optional[Any]:
 
 
 def find_parent_run(client, experiment_id: str, sweep: str):
-    return _find(client, experiment_id, **{SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
+    """The earliest created (start time, then run id): two drivers that created one at once agree on it
+    (``lease.sweep_parent``)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' and "
+                              f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1, order_by=["attributes.start_time ASC"])
+    return runs[0] if runs else None
 
 
 def sweep_parent_run(client, experiment_id: str, sweep: str, tags: dict) -> str:
@@ -172,25 +200,46 @@ def sweep_trial_runs(client, experiment_id: str, sweep: str) -> list:
 
 def log_datasets(client, run_id: str, config: TrialConfig, test_identity: str) -> None:
     """The training and test data as MLflow dataset inputs (name, digest, context train/test), once per
-    run: the runs table's Dataset column. Digest: the content hash of the whole split
-    (``ieskips.data.identity``); the profile says which part of it the trial used."""
+    run: the runs table's Dataset column. Digest: where the data set's files have known digests (MNIST),
+    the split's files' digest (``ieskips.data.files_digest``; the source names the whole set's,
+    ``ieskips.data.mnist.IDENTITY``); else the content hash of the whole split (``ieskips.data.identity``).
+    The profile says which part of the split the trial used."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    from ieskips.data import identity, load_dataset
 
     if client.get_run(run_id).inputs.dataset_inputs:
         return
-    train = load_dataset(config.dataset, True, root=config.data_dir, download=False, augment=False)
-    splits = [("train", identity(config.dataset, train), config.train_subset, len(train), config.seed),
-              ("test", test_identity, config.test_subset, int(test_identity.split("-")[-2]), 0)]
     inputs = []
-    for split, ident, used, size, seed in splits:
+    for split, digest, used, size, seed in _splits(config, test_identity):
         profile = {"split": split, "examples": min(used or size, size), "of": size, "subset_seed": seed}
-        dataset = Dataset(name=config.dataset, digest=ident.rsplit("-", 1)[-1], source_type="ieskips",
-                          source=json.dumps({"dataset": config.dataset, "split": split}),
+        source = {"dataset": config.dataset, "split": split, **_files(config.dataset, split)}
+        dataset = Dataset(name=config.dataset, digest=digest, source_type="ieskips", source=json.dumps(source),
                           profile=json.dumps(profile))
         inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", split)]))
     client.log_inputs(run_id, datasets=inputs)
+
+
+def _splits(config: TrialConfig, test_identity: str) -> list[tuple]:
+    """(split, digest, examples used, split size, subset seed) for the training and the test split."""
+    from ieskips.data import files_digest, identity, load_dataset, mnist
+
+    train_digest = files_digest(config.dataset, True, config.data_dir)
+    if train_digest is not None:  # files verified by their digests: no need to load and hash the content
+        return [("train", train_digest, config.train_subset, mnist.SIZES["train"], config.seed),
+                ("test", files_digest(config.dataset, False, config.data_dir), config.test_subset,
+                 mnist.SIZES["test"], 0)]
+    train = load_dataset(config.dataset, True, root=config.data_dir, download=False, augment=False)
+    train_digest = identity(config.dataset, train).rsplit("-", 1)[-1]
+    return [("train", train_digest, config.train_subset, len(train), config.seed),
+            ("test", test_identity.rsplit("-", 1)[-1], config.test_subset, int(test_identity.split("-")[-2]), 0)]
+
+
+def _files(dataset: str, split: str) -> dict:
+    """MNIST: the whole set's identity and this split's files' MD5s (the digest is made of them)."""
+    from ieskips.data import mnist
+
+    if dataset != "mnist":
+        return {}
+    return {"files": mnist.IDENTITY, "md5": {name: mnist.FILES[name][1] for name in mnist.SPLITS[split]}}
 
 
 class SystemMetrics:

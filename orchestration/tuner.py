@@ -243,7 +243,8 @@ def prepare(spec: SweepSpec, tracking_uri: str, launch: str) -> dict:
     parent = sweep_parent_run(MlflowClient(tracking_uri), experiment_id, spec.name,
                               {"paper_table": spec.paper_table or ""})
     base = dict(spec.base)
-    if "data_dir" in base:  # trials run in their own directories: make the data path absolute
+    # Trials run in their own directories: a data path made absolute (None: each node's default_root()).
+    if base.get("data_dir"):
         base["data_dir"] = str(Path(base["data_dir"]).resolve())
     return {"name": spec.name, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "parent_id": parent, "threads": spec.resources.cpu, "gpu": spec.resources.gpu, "base": base,

@@ -47,6 +47,7 @@ class Attack:
     """
 
     name = "attack"
+    subset: int | None = None  # set by build_attack: evaluate on a fixed draw of this many examples only
 
     def __init__(self, inner_grad: str | None = None):
         if inner_grad is not None:

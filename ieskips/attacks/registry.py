@@ -28,9 +28,19 @@ def build_attack(spec: dict, **objects):
     """Build an attack from a plain dict such as ``{"name": "pgd", "eps": 8/255, "steps": 20}``.
 
     ``objects`` supplies what a dict cannot hold (``source_model`` for ``transfer``, whose inner attack
-    is itself a spec under ``"attack"``).
+    is itself a spec under ``"attack"``). A spec's ``subset`` (a number of examples) is kept on the attack:
+    an evaluation runs it on that fixed draw of its examples only (``ieskips.evaluation.fixed_draw``).
     """
-    spec = {k: v for k, v in spec.items() if k not in ("label", "source")}  # naming and loading, not building
+    attack = _build(spec, **objects)
+    subset = spec.get("subset")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise ConfigError(f"attack {spec.get('name')!r}: subset must be a number of examples >= 1, got {subset!r}")
+    attack.subset = subset
+    return attack
+
+
+def _build(spec: dict, **objects):
+    spec = {k: v for k, v in spec.items() if k not in ("label", "source", "subset")}  # naming, loading, evaluation
     name = spec.pop("name", None)
     check_choice("attack", name, _ATTACKS)
     cls = _ATTACKS[name]

@@ -55,7 +55,8 @@ class Trial:
     eval_loader: Loader
     test_loader: Loader
     test: ScoredExamples
-    attacks: dict
+    attacks: dict  # eval_attacks by label: the final evaluation (and the selected checkpoint's)
+    monitors: dict  # the per-epoch monitoring's attacks by label (config.monitors())
     epoch: int = 0
     results: ExampleResults | None = None  # the final evaluation's per-example results
     diagnostics_loader: Loader | None = None  # config.diagnostics: its test examples
@@ -85,11 +86,14 @@ class Trial:
             ds, config.batch_size, shuffle=shuffle, seed=config.seed, num_workers=config.num_workers, device=on,
             augment=augment, rotate=config.rotate if augment else 0.0)
         attacks = {attack_label(spec): make_attack(spec, model, device, oracles) for spec in config.eval_attacks}
+        monitors = {attack_label(spec): attacks.get(attack_label(spec)) or make_attack(spec, model, device, oracles)
+                    for spec in config.monitors()}
         diagnosed = loader(subset(test.dataset, config.diagnostics_examples, 0), False) if config.diagnostics else None
         crops = config.augment and config.dataset.startswith("cifar")  # as the torchvision path (data.py)
         selection = Selection.build(config, loader(val_set, False), device) if val_set is not None else None
         return cls(config, device, model, optimizer, scheduler, loader(train_set, True, crops), loader(eval_set, False),
-                   loader(test.dataset, False), test, attacks, diagnostics_loader=diagnosed, selection=selection)
+                   loader(test.dataset, False), test, attacks, monitors, diagnostics_loader=diagnosed,
+                   selection=selection)
 
     def state(self) -> dict:
         state = {"epoch": self.epoch, "config": self.config.to_dict(), "model": self.model.state_dict(),
@@ -217,11 +221,11 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     final = {}
     while trial.epoch < config.epochs:
         metrics = trial.train_epoch(show)
-        metrics.update(evaluate(trial.model, trial.eval_loader, trial.attacks, trial.device, progress=False))
+        metrics.update(evaluate(trial.model, trial.eval_loader, trial.monitors, trial.device, progress=False))
         if trial.selection is not None:
             metrics.update(trial.selection.observe(trial.model, trial.epoch))
         if config.diagnostics:
-            metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.attacks, metrics, device=trial.device,
+            metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.monitors, metrics, device=trial.device,
                                     max_examples=None))
         if trial.epoch == config.epochs:  # the final evaluation travels with the last epoch's report
             trial.results = evaluate_examples(trial.model, trial.test_loader, trial.attacks, trial.device,

@@ -32,9 +32,9 @@ def test_every_registered_attack_is_covered():
 
 @pytest.mark.parametrize("name", list(make_attacks(None)))
 @pytest.mark.parametrize("training", [True, False])
-def test_invariants(name, training, ie_model, batch):
+def test_invariants(name, training, ie_model, batch, device):
     images, labels = batch
-    attack = make_attacks(build_model("preact_resnet18", in_channels=1, width=2))[name]
+    attack = make_attacks(build_model("preact_resnet18", in_channels=1, width=2).to(device))[name]
     ie_model.train(training)
     before = {k: v.clone() for k, v in ie_model.state_dict().items()}
     adv = attack(ie_model, images, labels)

@@ -1,4 +1,5 @@
-"""Alg. 1 against an independent float64 reference, gradients in both modes, BatchNorm handling."""
+"""Alg. 1 against an independent float64 reference, gradients in both modes, BatchNorm handling. The block
+runs on ``IESKIPS_TEST_DEVICE`` where a test takes ``device`` (tests/device.py): a GPU where one is lent."""
 import pytest
 import torch
 from torch import nn
@@ -37,11 +38,12 @@ def reference_alg1(f, x_prev, steps, step_size):
 
 @pytest.mark.parametrize("mode", ["detached", "unrolled"])
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_forward_matches_float64_reference(mode, steps):
+def test_forward_matches_float64_reference(mode, steps, device):
     f = TanhLinear(6).double()
     x = torch.randn(4, 6, dtype=torch.float64)
-    block = IESkip(f, steps, 0.1, mode)
-    torch.testing.assert_close(block(x), reference_alg1(f, x, steps, 0.1), rtol=1e-12, atol=1e-12)
+    expected = reference_alg1(f, x, steps, 0.1)  # on the CPU, before the block moves to the device
+    block = IESkip(f, steps, 0.1, mode).to(device)
+    torch.testing.assert_close(block(x.to(device)).cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["detached", "unrolled"])
@@ -62,10 +64,10 @@ def test_update_of_a_sample_does_not_depend_on_the_batch():
     torch.testing.assert_close(block(x[:1]), block(x)[:1], rtol=1e-12, atol=1e-12)
 
 
-def test_unrolled_gradcheck_inputs_and_parameters():
+def test_unrolled_gradcheck_inputs_and_parameters(device):
     f = TanhLinear(4).double()
-    block = IESkip(f, 2, 0.1, "unrolled")
-    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    block = IESkip(f, 2, 0.1, "unrolled").to(device)
+    x = torch.randn(2, 4, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x,))
     params = dict(block.named_parameters())
 
@@ -96,10 +98,10 @@ def test_unrolled_and_detached_gradients_differ():
 
 
 @pytest.mark.parametrize("mode", ["detached", "unrolled"])
-def test_every_parameter_gets_a_gradient_and_no_inner_leak(mode):
+def test_every_parameter_gets_a_gradient_and_no_inner_leak(mode, device):
     f = TanhLinear(4)
-    block = IESkip(f, 2, 0.1, mode)
-    block(torch.randn(3, 4)).sum().backward()
+    block = IESkip(f, 2, 0.1, mode).to(device)
+    block(torch.randn(3, 4, device=device)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
 
 

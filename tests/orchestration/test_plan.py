@@ -2,7 +2,8 @@
 import pytest
 
 from ieskips.config import TrialConfig
-from orchestration.plan import attack_passes, method_passes, plan, trial_seconds
+from ieskips.attacks.cost import SURVIVING, attack_passes
+from orchestration.plan import calibrate, costs_at_rate, method_passes, phases, plan, trial_seconds
 from orchestration.spec import load_spec, smoke_spec
 
 from .helpers import REPO
@@ -10,15 +11,35 @@ from .helpers import REPO
 pytestmark = pytest.mark.unit
 
 
-def test_a_trial_is_counted_in_forward_backward_passes():
+def test_a_trial_is_counted_phase_by_phase():
     config = TrialConfig.from_dict({"dataset": "digits", "epochs": 3, "method": "pgd", "train_steps": 5,
                                     "train_subset": 100, "test_subset": 40, "eval_subset": 20,
-                                    "eval_attacks": [{"name": "pgd", "steps": 10}, {"name": "square", "queries": 30}]})
+                                    "eval_attacks": [{"name": "pgd", "steps": 10},
+                                                     {"name": "square", "queries": 30, "subset": 10}]})
     assert method_passes(config) == 6
-    per_example = 1 + (10 + 1 / 3) + 30 / 3
-    expected = 3 * (100 * 6 + 20 * per_example) + 40 * per_example
-    assert trial_seconds(config, rate=50.0) == pytest.approx(expected / 50)
+    costs = costs_at_rate(config, rate=50.0)
+    pgd, square = (10 + 1 / 3) / 50, 30 / 3 * SURVIVING / 50
+    assert costs.attacks == {"pgd10": pytest.approx(pgd), "square": pytest.approx(square)}
+    split = phases(config, costs)
+    assert split["train"] == pytest.approx(3 * 100 * 6 / 50)
+    assert split["monitor"] == pytest.approx(3 * 20 * (1 / 3 + 10 + 1 / 3) / 50)  # the cheapest gradient attack
+    assert split["final"] == pytest.approx(40 * (1 / 3) / 50 + 40 * pgd + 10 * square)  # square on its subset
+    assert trial_seconds(config, costs) == pytest.approx(sum(split.values()))
+    selected = TrialConfig.from_dict({**config.to_dict(), "val_size": 10, "select_after": 1})
+    assert phases(selected, costs)["final"] == pytest.approx(2 * split["final"])  # the selected checkpoint too
+    assert phases(selected, costs)["select"] > 0
     assert attack_passes({"name": "transfer", "attack": {"name": "fgsm"}}) > attack_passes({"name": "fgsm"})
+    assert attack_passes({"name": "pgd", "inner_grad": "unrolled"}) > attack_passes({"name": "pgd"})
+
+
+def test_a_calibration_measures_each_attack_at_the_trials_batch_size():
+    config = TrialConfig.from_dict({"dataset": "digits", "width": 4, "batch_size": 16, "ie_steps": 1,
+                                    "eval_attacks": [{"name": "fgsm"}, {"name": "pgd", "steps": 20},
+                                                     {"name": "pgd", "steps": 20, "inner_grad": "unrolled"}]})
+    costs = calibrate(config, "cpu")
+    assert costs.attacks["pgd20"] > 3 * costs.attacks["fgsm"] > 0  # twenty steps against one
+    assert costs.attacks["pgd20_unrolled"] > costs.attacks["pgd20"]  # second order
+    assert costs.train > costs.forward > 0
 
 
 def test_plan_of_a_paper_sweep_at_a_given_rate_scales_by_the_gpus_each_trial_holds():
@@ -26,7 +47,8 @@ def test_plan_of_a_paper_sweep_at_a_given_rate_scales_by_the_gpus_each_trial_hol
     result = plan(spec, "cpu", images_per_sec=1000.0)
     assert result["trials"] == 9 and sum(r["trials"] for r in result["rows"]) == 9
     assert result["device"] == "gpu" and result["device_hours"] == pytest.approx(result["trial_hours"] * 0.25)
-    assert result["trial_hours"] == pytest.approx(sum(trial_seconds(c, 1000.0) for c in spec.trial_configs()) / 3600)
+    assert result["trial_hours"] == pytest.approx(
+        sum(trial_seconds(c, costs_at_rate(c, 1000.0)) for c in spec.trial_configs()) / 3600)
 
 
 def test_plan_command_calibrates_here_and_writes_nothing(tmp_path, monkeypatch, capsys):
@@ -35,7 +57,7 @@ def test_plan_command_calibrates_here_and_writes_nothing(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "plan", str(REPO / "sweeps" / "smoke.yaml"), "--smoke", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "smoke-smoke: 4 trials" in out and "calibration on cpu" in out and "cpu-hours" in out
+    assert "smoke-smoke: 4 trials" in out and "calibration on cpu" in out and "cpu-hours" in out and "final" in out
     assert list(tmp_path.iterdir()) == []
     assert main(["sweep", "plan", str(REPO / "sweeps" / "smoke.yaml"), "--images-per-sec", "0"]) == 2
     spec = smoke_spec(load_spec(REPO / "sweeps" / "smoke.yaml"))

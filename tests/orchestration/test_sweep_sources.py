@@ -39,7 +39,7 @@ CONDITIONAL = {"clean_loss_weight": ("fgsm", "pgd"), "trades_beta": ("trades",),
                                                                                      for k in ADVERSARIAL}}
 SELECTION = {"select_after", "select_attack"}  # with val_size > 0
 # Need not be stated: where and how a trial runs, what it monitors, subsets for smoke runs.
-OPERATIONAL = {"data_dir", "download", "train_subset", "test_subset", "eval_subset", "diagnostics",
+OPERATIONAL = {"data_dir", "download", "train_subset", "test_subset", "eval_subset", "monitor_attacks", "diagnostics",
                "diagnostics_examples", "device", "bf16", "channels_last", "checkpoint_every", "num_workers",
                "data_on_device", "paper_table"}
 # Named in the report's note when they do not come from the paper.

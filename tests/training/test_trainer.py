@@ -5,10 +5,11 @@ import torch
 from ieskips.config import TrialConfig, load_config
 from ieskips.errors import ConfigError
 from ieskips.training import TrainingDiverged, load_checkpoint, train
+from tests.device import DEVICE
 
 pytestmark = pytest.mark.unit
 SMALL = {"dataset": "digits", "width": 4, "epochs": 1, "batch_size": 64, "train_subset": 256, "test_subset": 64,
-         "eval_subset": 32, "milestones": [], "train_steps": 2,
+         "eval_subset": 32, "milestones": [], "train_steps": 2, "device": str(DEVICE),  # a GPU where one is lent
          "eval_attacks": [{"name": "fgsm", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 3}]}
 
 
@@ -18,9 +19,22 @@ def test_each_method_trains_one_epoch(method):
     final = train(TrialConfig.from_dict({**SMALL, "method": method, "ie_steps": 1}),
                   on_epoch=lambda e, m, p: seen.append((e, m)), progress=False)
     epoch, metrics = seen[0]
-    assert epoch == 1 and {"train_loss", "train_acc", "natural_acc", "robust_acc/fgsm", "robust_acc/pgd3", "lr",
-                           "epoch_time", "images_per_sec"} <= set(metrics)
+    assert epoch == 1 and {"train_loss", "train_acc", "natural_acc", "robust_acc/fgsm", "lr",
+                           "epoch_time", "images_per_sec", "final/robust_acc/pgd3"} <= set(metrics)
+    assert "robust_acc/pgd3" not in metrics  # monitoring: the cheapest gradient attack; the suite runs at the end
     assert 0 <= final["final/robust_acc/worst"] <= final["final/natural_acc"] <= 1
+
+
+def test_monitoring_runs_its_own_attacks_each_epoch_and_the_suite_once():
+    seen = []
+    config = TrialConfig.from_dict({**SMALL, "epochs": 2, "monitor_attacks": [{"name": "pgd", "eps": 0.1, "steps": 2}],
+                                    "eval_attacks": [*SMALL["eval_attacks"], {"name": "square", "eps": 0.1, "queries": 5}]})
+    final = train(config, on_epoch=lambda e, m, p: seen.append(m), progress=False)
+    assert {k for k in seen[0] if k.startswith("robust_acc/")} == {"robust_acc/pgd2", "robust_acc/worst"}
+    assert {"final/robust_acc/fgsm", "final/robust_acc/pgd3", "final/robust_acc/square"} <= set(final)
+    square = TrialConfig.from_dict({**SMALL, "eval_attacks": [{"name": "square", "eps": 0.1}]})
+    assert square.monitors() == ()  # no gradient attack to monitor with: clean accuracy only
+    assert TrialConfig.from_dict(SMALL).monitors() == ({"name": "fgsm", "eps": 0.1},)
 
 
 @pytest.mark.parametrize("on_device", [True, False], ids=["device_loader", "dataloader"])

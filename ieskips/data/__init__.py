@@ -1,10 +1,13 @@
 """Data sets: digits (embedded default), mnist, cifar10, cifar100 (torchvision, from disk), fake.
 
 Images come out as float tensors in [0, 1]; the model normalises them itself (unless ``input_norm: false``).
+Files live under one root, ``default_root()`` unless a trial's ``data_dir`` says otherwise; MNIST's
+files are verified against their known digests before they are read (``mnist.py``: fetch and verify).
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import ConfigError, check_choice
+from ..errors import ConfigError, check_choice
+from . import mnist
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,17 @@ INFO = {
 DATASETS = tuple(INFO)
 HOW_TO_GET = ("run once with download: true on a machine with internet (or copy the torchvision "
               "files there)")
+DATA_ENV = "IESKIPS_DATA"
+
+
+def default_root() -> Path:
+    """The one default place for data files: ``$IESKIPS_DATA`` if set, else ``~/.cache/ieskips/data``
+    (outside any checkout, shared by every run of this user); a trial's ``data_dir: null`` means it."""
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "ieskips" / "data").expanduser()
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    return default_root() if root is None else Path(root).expanduser()
 
 
 def _digits(train: bool) -> Dataset:
@@ -55,7 +70,11 @@ def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bo
     if steps and rotate:  # after crop and flip, as the authors' utils.py:76-83 (PIL, nearest, fill 0)
         steps.append(transforms.RandomRotation(rotate))
     transform = transforms.Compose(steps + [transforms.ToTensor()])
-    cls = {"mnist": datasets.MNIST, "cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
+    if name == "mnist":  # the known files, checked before training can start on anything else
+        if download:
+            mnist.fetch(root, progress=False)
+        mnist.verify(root)
+    cls = {"mnist": _MNIST, "cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
     try:
         return cls(str(root), train=train, download=download, transform=transform)
     except RuntimeError as err:  # torchvision: "Dataset not found ..."
@@ -81,21 +100,42 @@ def _cifar_classes():
 _CIFAR10, _CIFAR100 = _cifar_classes()
 
 
+def _mnist_class():
+    """torchvision's MNIST reading only the raw files ``mnist.verify`` checked: never an older
+    ``processed/*.pt`` cache beside them, which it would otherwise prefer."""
+    from torchvision import datasets
+
+    return type("MNIST", (datasets.MNIST,), {"_check_legacy_exist": lambda self: False})
+
+
+_MNIST = _mnist_class()
+
+
 def _fake(train: bool, size: int = 512) -> Dataset:
     from torchvision import datasets, transforms
 
     return datasets.FakeData(size, (3, 32, 32), 10, transforms.ToTensor(), random_offset=0 if train else size)
 
 
-def load_dataset(name: str, train: bool, *, root: str | Path = "data", download: bool = False,
+def load_dataset(name: str, train: bool, *, root: str | Path | None = None, download: bool = False,
                  augment: bool = True, rotate: float = 0.0) -> Dataset:
-    """``rotate``: with ``augment`` on a CIFAR training set, RandomRotation(rotate) after crop and flip."""
+    """``root``: None = ``default_root()``. ``rotate``: with ``augment`` on a CIFAR training set,
+    RandomRotation(rotate) after crop and flip."""
     check_choice("dataset", name, DATASETS)
     if name == "digits":
         return _digits(train)
     if name == "fake":
         return _fake(train)
-    return _torchvision(name, Path(root), train, download, augment, rotate)
+    return _torchvision(name, resolve_root(root), train, download, augment, rotate)
+
+
+def files_digest(name: str, train: bool, root: str | Path | None = None) -> str | None:
+    """A split named by its files' digest, once they are verified (MNIST); None where this project
+    knows no digests for the files (the other sets: name them by their content, ``identity``)."""
+    if name != "mnist":
+        return None
+    mnist.verify(resolve_root(root))
+    return mnist.digest(mnist.SPLITS["train" if train else "test"])
 
 
 def subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -134,7 +174,8 @@ class ScoredExamples:
     identity: str  # "<name>-test-<size>-<content hash>" of the whole test set
 
 
-def scored_examples(name: str, size: int | None, *, root: str | Path = "data", download: bool = False) -> ScoredExamples:
+def scored_examples(name: str, size: int | None, *, root: str | Path | None = None,
+                    download: bool = False) -> ScoredExamples:
     """The test set's seeded subset of ``size`` (all when None). The subset's seed is fixed (0), so every
     trial and every later evaluation of a sweep scores the same examples."""
     whole = load_dataset(name, False, root=root, download=download)
@@ -168,7 +209,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, 
     ``rotate``-ion itself);
     without, torchvision's DataLoader (augmentation, if any, is then the data set's transform)."""
     if device is not None:
-        from .device_loader import DeviceLoader
+        from ..device_loader import DeviceLoader
 
         return DeviceLoader.from_dataset(dataset, batch_size, shuffle=shuffle, seed=seed, augment=augment,
                                          rotate=rotate, device=device)
