@@ -15,12 +15,16 @@ for the evaluation path one batch of FGSM or PGD-20 (the file's specs) scored by
 4. torch.compile (mode default and max-autotune-no-cudagraphs; reduce-overhead is CUDA graphs, which
    CPU tensors skip) of the model, each in a fresh process with an empty inductor cache: the first
    step's time is the compile time, then eager and compiled steps interleaved for the steady state.
-   The unrolled mode (double backward) is tried too and recorded as unsupported with its reason.
+   The unrolled mode (double backward) is tried with backend aot_eager (inductor's own AOT autograd,
+   without code generation) and recorded as unsupported with its one-line reason.
+
+--quick: shorter budgets, no CxC layout, attack batches of 16, and section 4 only checks the
+unrolled mode (a cold compile takes minutes per model here).
 
 The machine is shared: every comparison is interleaved (A B A B ...) and medians are reported; the
 load average is printed at the start and the end. JSON: benchmarks/results/cpu_paths[_quick].json.
 
-    python benchmarks/cpu_paths.py [--quick] [--rounds 7] [--compile-budget 330]
+    python benchmarks/cpu_paths.py [--quick] [--rounds 7] [--compile-budget 330] [--sections 1234]
 """
 from __future__ import annotations
 
@@ -50,6 +54,11 @@ MODELS = {"vanilla": 0, "ie1": 1, "ie3": 3}  # Table 1's rows: ie_steps
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000  # MNIST; the trial trains on 60000 - val_size
 CTX = multiprocessing.get_context("spawn")
 GAIN = 1.05  # below a 5% gain a switch is noise on this machine, not a reason
+ATTACK_BATCH = {"full": 32, "quick": 16}  # a PGD-20 unit a loaded machine finishes in seconds (the loader's: 128)
+STEADY_S, STEADY_ROUNDS = 60, 15  # a compile case's interleaved steady state: single steps, so many rounds
+# Seconds per section (1 layouts, 2 channels_last, 3 evaluation, 4 compile): rounds go on while the
+# next fits; the first always runs, so a heavily loaded machine overruns them.
+BUDGETS = {"full": (120, 45, 100, 330), "quick": (40, 15, 35, 60)}
 
 
 def table1_config(ie_steps: int, inner_grad: str | None = None) -> TrialConfig:
@@ -63,7 +72,7 @@ def attack_spec(config: TrialConfig, task: str) -> dict:
     return next(s for s in config.eval_attacks if (s["name"], s.get("steps")) == want and "inner_grad" not in s)
 
 
-def make_work(model: str, task: str, channels_last=False, inner_grad=None, compile_mode=None):
+def make_work(model: str, task: str, channels_last=False, attack_batch=32, inner_grad=None, compile_mode=None):
     """A callable doing one unit (a train step or one attacked batch); returns the images it did."""
     config = table1_config(MODELS[model], inner_grad)
     torch.manual_seed(0)
@@ -72,7 +81,10 @@ def make_work(model: str, task: str, channels_last=False, inner_grad=None, compi
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if compile_mode:
+    if compile_mode == "aot_eager":  # AOT autograd alone: what inductor builds on, without code generation
+        torch._functorch.config.donated_buffer = False  # else its error hides the limit behind it
+        net = torch.compile(net, backend="aot_eager")
+    elif compile_mode:
         net = torch.compile(net, **({} if compile_mode == "default" else {"mode": compile_mode}))
     if task == "train":
         net.train()
@@ -85,6 +97,7 @@ def make_work(model: str, task: str, channels_last=False, inner_grad=None, compi
         return step
     net.eval()
     attack = build_attack(attack_spec(config, task))
+    x, y = x[:attack_batch], y[:attack_batch]
 
     def attacked():
         adv = attack(net, x, y)
@@ -97,18 +110,17 @@ def make_work(model: str, task: str, channels_last=False, inner_grad=None, compi
 # --- layouts: persistent spawned workers, driven in lock step ---------------------------------------
 
 def _worker(conn):
-    works, warm = {}, set()
+    works = {}
     while (msg := conn.recv()) is not None:
-        key, threads, units = msg
+        key, threads = msg
         torch.set_num_threads(threads)
-        work = works.get(key) or works.setdefault(key, make_work(*key))
-        if (key, threads) not in warm:  # first use at this thread count: not timed
-            work()
-            warm.add((key, threads))
+        if key not in works:  # built and run once untimed (first-call allocations)
+            works[key] = make_work(*key)
+            works[key]()
         conn.send("ready")
         conn.recv()
         cpu, start = time.process_time(), time.monotonic()  # monotonic: one clock for all processes
-        images = sum(work() for _ in range(units))
+        images = works[key]()
         conn.send((start, time.monotonic(), time.process_time() - cpu, images))
 
 
@@ -122,11 +134,11 @@ class Workers:
             self.conns.append(parent)
             self.procs.append(proc)
 
-    def burst(self, layout: tuple[int, int], key: tuple, units: int) -> dict:
-        """``units`` of ``key`` in each of ``layout[0]`` workers at ``layout[1]`` threads, started together."""
+    def burst(self, layout: tuple[int, int], key: tuple) -> dict:
+        """One unit of ``key`` in each of ``layout[0]`` workers at ``layout[1]`` threads, started together."""
         conns = self.conns[:layout[0]]
         for c in conns:
-            c.send((key, layout[1], units))
+            c.send((key, layout[1]))
         for c in conns:
             c.recv()
         for c in conns:
@@ -148,61 +160,67 @@ def layouts(cores: int, oversubscribed: bool) -> list[tuple[int, int]]:
     return out + [(cores, cores)] * oversubscribed if cores > 1 else [(1, 1)]
 
 
-def round_robin(runs: dict, rounds: int) -> dict:
-    """runs: {name: fn() -> {metric: value}}; rounds of one call each; median of each metric."""
-    samples = {name: [] for name in runs}
-    for _ in range(rounds):
+def round_robin(runs: dict, max_rounds: int, budget_s: float) -> dict:
+    """runs: {name: fn() -> {metric: value}}; rounds of one call each (A B C A B C ...) while the next
+    round fits ``budget_s`` (at least one); the median of each metric and the samples."""
+    samples, start = {name: [] for name in runs}, time.monotonic()
+    for done in range(1, max_rounds + 1):
         for name, fn in runs.items():
             samples[name].append(fn())
+        spent = time.monotonic() - start
+        if spent * (done + 1) / done > budget_s:
+            break
     return {name: {m: statistics.median(s[m] for s in got) for m in got[0]} | {"samples": got}
             for name, got in samples.items()}
 
 
-def measure_layouts(workers, cores, tasks, rounds, units, oversubscribed):
+def measure_layouts(workers, cores, tasks, max_rounds, budget_s, oversubscribed, attack_batch=32):
     runs = {}
-    for model in MODELS:
+    for m in MODELS:
         for task in tasks:
+            key = (m, task) if task == "train" else (m, task, False, attack_batch)  # make_work's arguments
             for lay in layouts(cores, oversubscribed and task == "train"):
-                runs[(model, task, lay)] = (lambda k=(model, task), lay=lay, u=units[task]:
-                                            workers.burst(lay, k, u))
-    got = round_robin(runs, rounds)
+                runs[(m, task, lay)] = lambda k=key, lay=lay: workers.burst(lay, k)
+    got = round_robin(runs, max_rounds, budget_s)
     return {f"{m}/{t}/{p}x{th}": v for (m, t, (p, th)), v in got.items()}
 
 
-def measure_channels_last(workers, threads, rounds, units):
-    runs = {(m, cl): (lambda k=(m, "train", cl): workers.burst((1, threads), k, units))
+def measure_channels_last(workers, threads, max_rounds, budget_s):
+    runs = {(m, cl): (lambda k=(m, "train", cl): workers.burst((1, threads), k))
             for m in MODELS for cl in (False, True)}
-    got = round_robin(runs, rounds)
+    got = round_robin(runs, max_rounds, budget_s)
     return {f"{m}/{'channels_last' if cl else 'contiguous'}": v for (m, cl), v in got.items()}
 
 
 # --- torch.compile: one fresh process per case, empty inductor cache ---------------------------------
 
-def _compile_case(model, inner_grad, mode, threads, rounds, units, queue):
+def _compile_case(model, inner_grad, mode, threads, conn):
     logging.getLogger("torch").setLevel(logging.ERROR)
     torch.set_num_threads(threads)
-    eager, compiled = make_work(model, "train", False, inner_grad), make_work(model, "train", False, inner_grad, mode)
+    eager = make_work(model, "train", inner_grad=inner_grad)
+    compiled = make_work(model, "train", inner_grad=inner_grad, compile_mode=mode)
     start = time.perf_counter()
     try:
         compiled()
     except Exception as err:  # noqa: BLE001 -- an unsupported mode is a result, not a crash
         reason = f"{type(err).__name__}: " + next((ln for ln in str(err).splitlines() if ln.strip()), "")
-        queue.put({"status": "unsupported", "reason": reason[:240], "seconds_to_error": time.perf_counter() - start})
+        conn.send({"status": "unsupported", "reason": reason[:240], "seconds_to_error": time.perf_counter() - start})
         return
     result = {"status": "ok", "compile_s": time.perf_counter() - start}
     eager(), compiled()  # second calls: any recompilation after the first optimizer step happens here
     counters = torch._dynamo.utils.counters
     result.update(graph_breaks=sum(counters["graph_break"].values()), graphs=counters["stats"]["unique_graphs"])
-    timed = lambda fn: (lambda: _timed(fn, units))  # noqa: E731
-    got = round_robin({"eager": timed(eager), "compiled": timed(compiled)}, rounds)
+    timed = lambda fn: (lambda: _timed(fn))  # noqa: E731
+    got = round_robin({"eager": timed(eager), "compiled": timed(compiled)}, STEADY_ROUNDS, STEADY_S)
     result.update(eager_ips=got["eager"]["ips"], compiled_ips=got["compiled"]["ips"],
-                  speedup=got["compiled"]["ips"] / got["eager"]["ips"])
-    queue.put(result)
+                  speedup=got["compiled"]["ips"] / got["eager"]["ips"], rounds=len(got["eager"]["samples"]),
+                  samples={k: [round(s["ips"], 1) for s in v["samples"]] for k, v in got.items()})
+    conn.send(result)
 
 
-def _timed(fn, units):
+def _timed(fn):
     start = time.perf_counter()
-    images = sum(fn() for _ in range(units))
+    images = fn()
     return {"ips": images / (time.perf_counter() - start)}
 
 
@@ -210,43 +228,50 @@ def _descendants(pid: int) -> list[int]:
     """Child processes of ``pid`` (inductor's compile workers), from /proc."""
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread or process ended meanwhile
+            continue
+        for child in children:
             out += [int(child), *_descendants(int(child))]
     return out
 
 
-def run_compile_case(case: dict, threads, rounds, units, limit_s, cache_dir) -> dict:
+def run_compile_case(case: dict, threads, limit_s, cache_dir) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # the spawned child inherits it
-    queue = CTX.Queue()
-    proc = CTX.Process(target=_compile_case, args=(case["model"], case["inner_grad"], case["mode"], threads,
-                                                   rounds, units, queue))
+    result, child = CTX.Pipe(duplex=False)
+    proc = CTX.Process(target=_compile_case, args=(case["model"], case["inner_grad"], case["mode"], threads, child))
     proc.start()
+    child.close()  # the child's end lives in the child only: its death reads as EOF here
     try:
-        return queue.get(timeout=limit_s)
-    except Exception:  # noqa: BLE001 -- queue.Empty: past the budget
+        if result.poll(limit_s):
+            return result.recv()
         for pid in [*_descendants(proc.pid), proc.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         return {"status": "timeout", "reason": f"no result within {limit_s:.0f} s (the compile budget)"}
+    except EOFError:  # the child died without a word (killed for memory, a crash in the compiler)
+        return {"status": "failed", "reason": f"the compile process ended with code {proc.exitcode}"}
     finally:
         proc.join(timeout=60)
 
 
 def compile_cases(quick: bool) -> list[dict]:
-    """In the order of what the choice needs most: Table 1's detached models, then the unrolled mode,
-    the warm-cache rerun (what later trials on the same machine pay) and the other mode."""
-    cases = [dict(model="vanilla", inner_grad=None, mode="default"),
-             dict(model="ie1", inner_grad="unrolled", mode="default"),
+    """Cheapest first: whether the unrolled mode compiles at all (checked with aot_eager, since inductor
+    differentiates through the same AOT autograd, in seconds rather than minutes), then Table 1's
+    detached models, the warm-cache rerun (what later trials on the same machine pay), the other mode."""
+    cases = [dict(model="ie1", inner_grad="unrolled", mode="aot_eager"),
+             dict(model="vanilla", inner_grad=None, mode="default"),
              dict(model="ie1", inner_grad=None, mode="default"),
              dict(model="ie3", inner_grad=None, mode="default"),
              dict(model="vanilla", inner_grad=None, mode="default", warm=True),
              dict(model="vanilla", inner_grad=None, mode="max-autotune-no-cudagraphs")]
-    return cases[:2] if quick else cases
+    return cases[:1] if quick else cases  # --quick: minutes of cold compile per model do not fit
 
 
-def measure_compile(threads, rounds, units, budget_s, quick) -> dict:
+def measure_compile(threads, budget_s, quick) -> dict:
     results, deadline, caches = {}, time.monotonic() + budget_s, {}
     for case in compile_cases(quick):
         name = f"{case['model']}{'_unrolled' if case['inner_grad'] else ''}/{case['mode']}" + (
@@ -257,7 +282,7 @@ def measure_compile(threads, rounds, units, budget_s, quick) -> dict:
         else:
             cache = caches.get(name.rsplit("/", 1)[0]) if case.get("warm") else None
             cache = cache or caches.setdefault(name, tempfile.mkdtemp(prefix="cpu_paths_inductor_"))
-            results[name] = run_compile_case(case, threads, rounds, units, left, cache) | {"threads": threads}
+            results[name] = run_compile_case(case, threads, left, cache) | {"threads": threads}
         print(f"  {name:<42}{_compile_line(results[name])}", flush=True)
     for cache in caches.values():
         shutil.rmtree(cache, ignore_errors=True)
@@ -278,11 +303,12 @@ def geomean(values) -> float:
     return statistics.geometric_mean(values) if values else float("nan")
 
 
-def choose_layout(lay: dict, task: str, cores: int) -> tuple[int, int]:
-    """The layout whose images/s, over the three models (geometric mean), is highest."""
+def choose_layout(lay: dict, task: str, cores: int, metric: str = "ips") -> tuple[int, int]:
+    """Of the layouts that use every core, the one whose images/s over the three models (geometric
+    mean) is highest; 1x1 is only the reference."""
     cands = {tuple(map(int, k.split("/")[2].split("x"))) for k in lay if k.split("/")[1] == task}
-    score = lambda c: geomean(lay[f"{m}/{task}/{c[0]}x{c[1]}"]["ips"] for m in MODELS)  # noqa: E731
-    return max(sorted(cands), key=score)
+    score = lambda c: geomean(lay[f"{m}/{task}/{c[0]}x{c[1]}"][metric] for m in MODELS)  # noqa: E731
+    return max(sorted(c for c in cands if c[0] * c[1] >= cores), key=score)
 
 
 def choose_channels_last(cl: dict) -> tuple[str, float]:
@@ -304,7 +330,7 @@ def choose_compile(comp: dict, train_s: dict) -> tuple[str, str]:
         else:
             verdicts.append((model, r["speedup"], train_s[model] * (1 - 1 / r["speedup"]) - r["compile_s"]))
     if not verdicts:
-        return "not measured", ", ".join(missing)
+        return "not measured", ", ".join(missing) + " (run the full mode or --sections 4)"
     detail = ", ".join(f"{m} {s:.2f}x, saves {v / 60:+.1f} min/trial" for m, s, v in verdicts)
     good = all(s >= GAIN and v > 0 for _, s, v in verdicts)
     return ("yes" if good else "no"), detail + "".join(f"; {m}" for m in missing)
@@ -325,11 +351,19 @@ def eval_share(lay: dict, train_lay: tuple, eval_lay: tuple, epochs: int, train_
 # --- output ------------------------------------------------------------------------------------------
 
 def print_layouts(lay: dict, tasks, cores):
-    print(f"{'':<16}" + "".join(f"{p}x{t:<8}" for p, t in layouts(cores, True)) + "  (images/s, P processes x T threads)")
+    """Images/s (wall clock, all processes) and, after the bar, images per CPU-second (a proxy for a
+    quiet machine: time the scheduler gave to others does not count)."""
+    heads = "".join(f"{p}x{t:<6}" for p, t in layouts(cores, True))
+    print(f"{'':<15}{heads}| {heads}  (images/s | images per CPU-s; P processes x T threads)")
     for m in MODELS:
         for task in tasks:
             row = [lay.get(f"{m}/{task}/{p}x{t}") for p, t in layouts(cores, True)]
-            print(f"{m + '/' + task:<16}" + "".join(f"{r['ips']:<10.0f}" if r else f"{'-':<10}" for r in row))
+            print(f"{m + '/' + task:<15}{_cells(row, 'ips')}| {_cells(row, 'ips_cpu')}")
+
+
+def _cells(row: list, key: str) -> str:
+    """Width-8 cells; two decimals below 10 (PGD-20 under load runs at a fraction of an example/s)."""
+    return "".join(f"{r[key]:<8.{0 if r[key] >= 10 else 2}f}" if r else f"{'-':<8}" for r in row)
 
 
 def load() -> str:
@@ -338,75 +372,129 @@ def load() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and compile cases (~4 min)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7, quick 3)")
-    parser.add_argument("--compile-budget", type=float, help="seconds for section 3 (default 330, quick 150)")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter budgets, no oversubscribed layout, attack batch 16, section 4 only checks the "
+                             "unrolled mode (~4 min)")
+    parser.add_argument("--rounds", type=int, default=7, help="most interleaved rounds per section")
+    parser.add_argument("--compile-budget", type=float, help="seconds for section 4 (default 330, quick 60)")
+    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 4 (compile only)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per trial when section 1 is not run")
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 7)
-    budget = args.compile_budget or (150 if args.quick else 330)
-    cores = len(os.sched_getaffinity(0))
-    config = table1_config(0)
-    epochs, train_images = config.epochs, TRAIN_IMAGES - config.val_size
-    began = time.monotonic()
-    out = {"quick": args.quick, "rounds": rounds, "cores": cores, "cpu": platform.processor() or platform.machine(),
-           "torch": torch.__version__, "load_start": os.getloadavg(), "batch": config.batch_size,
-           "sweep": str(SWEEP.name), "note": "shared machine: other processes ran concurrently; medians of "
-                                             "interleaved rounds"}
-    print(f"cpu_paths: Table 1 models on {cores} cores, torch {torch.__version__}, batch {config.batch_size}; "
-          f"{load()} at start.\nThe machine is shared (other jobs run beside this one): comparisons are "
-          f"interleaved, medians of {rounds} rounds.", flush=True)
-    workers = Workers(cores)
-    try:
-        print("\n1. training step: processes x threads", flush=True)
-        train_units = 2 if args.quick else 3
-        out["layouts"] = measure_layouts(workers, cores, ("train",), rounds, {"train": train_units}, True)
-        print_layouts(out["layouts"], ("train",), cores)
-        p, t = choose_layout(out["layouts"], "train", cores)
-
-        print(f"\n2. channels_last at {t} thread(s) per trial (train step, images/s)", flush=True)
-        out["channels_last"] = measure_channels_last(workers, t, max(3, rounds - 2), train_units)
-        for m in MODELS:
-            off, on = (out["channels_last"][f"{m}/{f}"]["ips"] for f in ("contiguous", "channels_last"))
-            print(f"  {m:<8} contiguous {off:6.0f}  channels_last {on:6.0f}  ({on / off:.2f}x)")
-
-        print("\n3. evaluation path: FGSM and PGD-20 (examples/s)", flush=True)
-        units = {"fgsm": 2, "pgd20": 1}
-        out["layouts"] |= measure_layouts(workers, cores, ("fgsm", "pgd20"), 2 if args.quick else 3, units, False)
-        print_layouts(out["layouts"], ("fgsm", "pgd20"), cores)
-    finally:
-        workers.close()
-
-    print(f"\n4. torch.compile at {t} thread(s), train step (fresh process and inductor cache per case; "
-          f"budget {budget:.0f} s)", flush=True)
-    out["compile"] = measure_compile(t, max(3, rounds - 2), train_units, budget, args.quick)
-
-    eval_lay = choose_layout(out["layouts"], "pgd20", cores)
-    cl, cl_ratio = choose_channels_last(out["channels_last"])
-    train_s = {m: p * epochs * train_images / out["layouts"][f"{m}/train/{p}x{t}"]["ips"] for m in MODELS}
-    comp, comp_why = choose_compile(out["compile"], train_s)
-    out["eval_share"] = eval_share(out["layouts"], (p, t), eval_lay, epochs, train_images)
-    out["choice"] = {"trials_at_once": p, "threads_per_trial": t, "eval_layout": list(eval_lay),
-                     "channels_last": cl, "channels_last_ratio": cl_ratio, "compile": comp, "compile_why": comp_why}
+    budgets = list(BUDGETS["quick" if args.quick else "full"])
+    budgets[3] = args.compile_budget or budgets[3]
+    cores, config, began = len(os.sched_getaffinity(0)), table1_config(0), time.monotonic()
+    batch = ATTACK_BATCH["quick" if args.quick else "full"]
+    out = {"quick": args.quick, "max_rounds": args.rounds, "budgets_s": budgets, "cores": cores,
+           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "batch": config.batch_size,
+           "attack_batch": batch, "sweep": SWEEP.name, "load_start": os.getloadavg(),
+           "note": "shared machine: other processes ran concurrently; medians of interleaved rounds"}
+    print(f"cpu_paths: Table 1 models on {cores} cores, torch {torch.__version__}, train batch {config.batch_size}, "
+          f"attack batch {batch}; {load()} at start.\nThe machine is shared (other jobs run beside this "
+          f"one): comparisons are interleaved, medians of up to {args.rounds} rounds.", flush=True)
+    if os.getloadavg()[0] > 2 * cores:
+        print(f"warning: load {os.getloadavg()[0]:.0f} on {cores} cores: a section's first round (always run) can "
+              "overrun its budget, the 2-thread layouts most", flush=True)
+    if set(args.sections) & set("123"):
+        run_worker_sections(args, out, budgets, cores)
+    layout = out.get("choice_train_layout", (cores // args.threads, args.threads))
+    if "4" in args.sections:
+        print(f"\n4. torch.compile at {layout[1]} thread(s), train step (fresh process and inductor cache per "
+              f"case; budget {budgets[3]:.0f} s; {load()})", flush=True)
+        mark = time.monotonic()
+        out["compile"] = measure_compile(layout[1], budgets[3], args.quick)
+        out.setdefault("section_s", {})["4"] = time.monotonic() - mark
+    out["choice"] = choose(out, cores, config)
     out["load_end"], out["seconds"] = os.getloadavg(), time.monotonic() - began
     print_choice(out, cores)
     dest = Path(__file__).with_name("results")
     dest.mkdir(exist_ok=True)
-    (dest / f"cpu_paths{'_quick' if args.quick else ''}.json").write_text(json.dumps(out, indent=1, default=str))
+    name = "cpu_paths" + ("_quick" if args.quick else "") + ("" if args.sections == "1234" else f"_s{args.sections}")
+    (dest / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+def run_worker_sections(args, out, budgets, cores):
+    workers, mark = Workers(cores), time.monotonic()
+    try:
+        if "1" in args.sections:
+            print(f"\n1. training step: processes x threads ({load()})", flush=True)
+            out["layouts"] = measure_layouts(workers, cores, ("train",), args.rounds, budgets[0], not args.quick)
+            print_layouts(out["layouts"], ("train",), cores)
+            mark = _section_done(out, "1", mark, _rounds(out["layouts"]))
+            out["choice_train_layout"] = choose_layout(out["layouts"], "train", cores)
+            out["choice_train_layout_by_cpu_time"] = choose_layout(out["layouts"], "train", cores, "ips_cpu")
+        threads = out.get("choice_train_layout", (0, args.threads))[1]
+        if "2" in args.sections:
+            print(f"\n2. channels_last at {threads} thread(s) per trial (train step, images/s; {load()})", flush=True)
+            out["channels_last"] = measure_channels_last(workers, threads, args.rounds, budgets[1])
+            for m in MODELS:
+                off, on = (out["channels_last"][f"{m}/{f}"]["ips"] for f in ("contiguous", "channels_last"))
+                print(f"  {m:<8} contiguous {off:6.0f}  channels_last {on:6.0f}  ({on / off:.2f}x)")
+            mark = _section_done(out, "2", mark, _rounds(out["channels_last"]))
+        if "3" in args.sections:
+            batch = ATTACK_BATCH["quick" if args.quick else "full"]
+            print(f"\n3. evaluation path: FGSM and PGD-20, batches of {batch} (examples/s; {load()})", flush=True)
+            got = measure_layouts(workers, cores, ("fgsm", "pgd20"), args.rounds, budgets[2], False, batch)
+            out["layouts"] = out.get("layouts", {}) | got
+            print_layouts(got, ("fgsm", "pgd20"), cores)
+            _section_done(out, "3", mark, _rounds(got))
+    finally:
+        workers.close()
+
+
+def _section_done(out: dict, section: str, mark: float, rounds: int) -> float:
+    now = time.monotonic()
+    out.setdefault("section_s", {})[section] = now - mark
+    print(f"  ({rounds} round{'s' * (rounds > 1)}, {now - mark:.0f} s)", flush=True)
+    return now
+
+
+def _rounds(measured: dict) -> int:
+    return len(next(iter(measured.values()))["samples"])
+
+
+def choose(out: dict, cores: int, config: TrialConfig) -> dict:
+    """The choices the measured sections support (see the choose_* functions)."""
+    epochs, train_images, lay, choice = config.epochs, TRAIN_IMAGES - config.val_size, out.get("layouts", {}), {}
+    if "choice_train_layout" in out:
+        p, t = out["choice_train_layout"]
+        choice["trials_at_once"], choice["threads_per_trial"] = p, t
+    if any(k.split("/")[1] == "pgd20" for k in lay):
+        choice["eval_layout"] = choose_layout(lay, "pgd20", cores)
+    if "eval_layout" in choice and "trials_at_once" in choice:
+        out["eval_share"] = eval_share(lay, (p, t), choice["eval_layout"], epochs, train_images)
+    if "channels_last" in out:
+        choice["channels_last"], choice["channels_last_ratio"] = choose_channels_last(out["channels_last"])
+    if "compile" in out and "trials_at_once" in choice:
+        train_s = {m: p * epochs * train_images / lay[f"{m}/train/{p}x{t}"]["ips"] for m in MODELS}
+        choice["compile"], choice["compile_why"] = choose_compile(out["compile"], train_s)
+    elif "compile" in out:  # section 4 alone: its own eager steady state stands in for the trial's speed
+        train_s = {m: epochs * train_images / out["compile"].get(f"{m}/default", {}).get("eager_ips", float("inf"))
+                   for m in MODELS}
+        choice["compile"], choice["compile_why"] = choose_compile(out["compile"], train_s)
+    return choice
 
 
 def print_choice(out: dict, cores: int):
-    c, lay = out["choice"], out["layouts"]
-    p, t = c["trials_at_once"], c["threads_per_trial"]
-    ratios = ", ".join(f"{m} {lay[f'{m}/train/{cores}x1']['ips'] / lay[f'{m}/train/1x{cores}']['ips']:.2f}x"
-                       for m in MODELS)
-    print(f"\n{cores} trials x 1 thread over 1 trial x {cores} threads (training images/s): {ratios}")
-    for m, s in out["eval_share"].items():
-        print(f"  {m:<8} per trial at {p}x{t}: training {s['train_min']:5.0f} min, final FGSM + PGD-20 on the "
-              f"test set {s['final_fgsm_pgd20_min']:5.0f} min ({100 * s['eval_share']:.0f}% of the two)")
-    print(f"\nchoice: --local should run {p} trials x {t} thread(s) on this machine "
-          f"(evaluation: {c['eval_layout'][0]}x{c['eval_layout'][1]}); "
-          f"channels_last: {c['channels_last']} ({c['channels_last_ratio']:.2f}x); compile: {c['compile']} "
-          f"({c['compile_why']})")
+    c, lay, parts = out["choice"], out.get("layouts", {}), []
+    if "trials_at_once" in c:
+        ratio = lambda m, task: lay[f"{m}/{task}/{cores}x1"]["ips"] / lay[f"{m}/{task}/1x{cores}"]["ips"]  # noqa: E731
+        for task in [k for k in ("train", "fgsm", "pgd20") if f"vanilla/{k}/1x{cores}" in lay]:
+            print(f"\n{task}: {cores} processes x 1 thread over 1 x {cores} threads (images/s): "
+                  + ", ".join(f"{m} {ratio(m, task):.2f}x" for m in MODELS))
+        by_cpu = out["choice_train_layout_by_cpu_time"]
+        parts.append(f"--local should run {c['trials_at_once']} trials x {c['threads_per_trial']} thread(s) "
+                     f"on this machine (by CPU time, as on a quiet machine: {by_cpu[0]} x {by_cpu[1]})")
+    for m, s in out.get("eval_share", {}).items():
+        print(f"  {m:<8} per trial at {c['trials_at_once']}x{c['threads_per_trial']}, at this run's speed: training "
+              f"{s['train_min']:5.0f} min, a final FGSM + PGD-20 on the {TEST_IMAGES} test images "
+              f"{s['final_fgsm_pgd20_min']:5.0f} min ({100 * s['eval_share']:.0f}% of the two)")
+    if "eval_layout" in c:
+        parts.append(f"evaluation at {c['eval_layout'][0]}x{c['eval_layout'][1]}")
+    if "channels_last" in c:
+        parts.append(f"channels_last: {c['channels_last']} ({c['channels_last_ratio']:.2f}x)")
+    if "compile" in c:
+        parts.append(f"compile: {c['compile']} ({c['compile_why']})")
+    print("\nchoice: " + "; ".join(parts))
     print(f"{load()} at end; {out['seconds']:.0f} s in all.")
 
 

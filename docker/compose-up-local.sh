@@ -4,6 +4,9 @@
 #
 #   docker/build-local.sh                 # once: the image ieskips:<version>
 #   docker/compose-up-local.sh up         # MLflow on 127.0.0.1:5000, the Ray dashboard/Jobs API on :8265
+#   docker/compose-up-local.sh smoke      # docker/smoke-cluster.yaml through the Jobs API, from outside the
+#                                         # containers; then docker/local/check_stack.py: its runs read back
+#                                         # through MLflow, requests without the token or password refused
 #   docker/compose-up-local.sh down       # stop and remove the containers (the volumes stay)
 #   docker/compose-up-local.sh purge      # ... and the volumes: runs, artifacts, Tune storage
 #
@@ -14,8 +17,9 @@
 # - images: no registry is reachable, so PostgreSQL is a stand-in built here from Debian's packages
 #   (docker/local/postgres.Containerfile), and every ieskips service runs the CUDA image (the CPU
 #   variant cannot be built without PyTorch's CPU index; CUDA torch runs on CPUs). The compose file used
-#   is docker-compose.yml with those image names and absolute paths, written to $STATE (a second -f file
-#   would make podman-compose 1.0 print the merged file, secrets included);
+#   is docker-compose.yml with those image names and absolute paths (docker/local/compose_local.py),
+#   written to $STATE (a second -f file would make podman-compose 1.0 print the merged file, secrets
+#   included);
 # - ray-worker-gpu is left out (no GPU here; podman-compose 1.0 ignores deploy.resources.devices);
 # - podman-compose 1.0 ignores `depends_on: condition: service_healthy` and `profiles`, and podman runs
 #   healthchecks only through systemd timers: the services start one step at a time and this script
@@ -40,33 +44,18 @@ COMPOSE=(podman-compose -p "$PROJECT" -f "$STATE/docker-compose.yml")
 secrets() {  # docker/.env, or fresh secrets once in $STATE/.env
   if [ -f docker/.env ]; then cp docker/.env "$STATE/.env"; return; fi
   [ -f "$STATE/.env" ] && return
-  python3 - "$STATE/.env" <<'EOF'
-import secrets, sys
-keys = ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "RAY_AUTH_TOKEN")
-with open(sys.argv[1], "w") as out:
+  # One fresh value for every variable docker/example.env lists (all secrets, none with a default).
+  python3 - docker/example.env "$STATE/.env" <<'EOF'
+import re, secrets, sys
+keys = re.findall(r"^(\w+)=$", open(sys.argv[1]).read(), re.M)
+with open(sys.argv[2], "w") as out:
     out.writelines(f"{key}={secrets.token_urlsafe(32)}\n" for key in keys)
 EOF
   echo "== fresh secrets in $STATE/.env"
 }
 
 compose_file() {  # docker-compose.yml with this machine's images and absolute paths
-  python3 - "$REPO/docker/docker-compose.yml" "$STATE/docker-compose.yml" "$IMAGE" "$POSTGRES_IMAGE" <<'EOF'
-import os, sys, yaml
-source, target, image, postgres = sys.argv[1:]
-docker = os.path.dirname(source)
-compose = yaml.safe_load(open(source))
-services = compose["services"]
-services.pop("ray-worker-gpu")
-services["postgres"]["image"] = postgres
-for name, service in services.items():
-    service.pop("profiles", None)
-    if service["image"].startswith("ieskips:"):
-        service["image"] = image
-        service["build"]["context"] = os.path.abspath(os.path.join(docker, service["build"]["context"]))
-    service["volumes"] = [os.path.abspath(os.path.join(docker, v)) if v.startswith("./") else v
-                          for v in service.get("volumes", [])]
-yaml.safe_dump(compose, open(target, "w"), sort_keys=False)
-EOF
+  python3 docker/local/compose_local.py docker/docker-compose.yml "$STATE/docker-compose.yml" "$IMAGE" "$POSTGRES_IMAGE"
 }
 
 images() {
@@ -78,9 +67,9 @@ images() {
   fi
 }
 
-healthy() {  # healthy SERVICE: run its healthcheck until it passes (3 minutes at most)
+healthy() {  # healthy SERVICE: run its healthcheck until it passes (5 minutes at most)
   local container=${PROJECT}_$1_1
-  for _ in $(seq 90); do
+  for _ in $(seq 150); do
     podman healthcheck run "$container" >/dev/null 2>&1 && { echo "== $1 healthy"; return; }
     sleep 2
   done
@@ -111,15 +100,28 @@ up() {
     case $step in postgres|mlflow) healthy "$step" ;; esac
   done
   dashboard
-  echo "== up. Secrets: $STATE/.env. Submit from this machine:"
+  echo "== up. Secrets: $STATE/.env. Submit from this machine ($0 smoke does this, then checks):"
   echo "   set -a; . $STATE/.env; set +a; export RAY_AUTH_MODE=token"
   echo "   .venv/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\"
   echo "       ieskips sweep run docker/smoke-cluster.yaml --address auto"
 }
 
+smoke() {  # submit docker/smoke-cluster.yaml through the Jobs API from here, then check_stack.py
+  local venv=${VENV:-.venv}
+  set -a; . "$STATE/.env"; set +a
+  export RAY_AUTH_MODE=token
+  local start
+  start=$(date +%s)
+  "$venv/bin/ray" job submit --address http://127.0.0.1:8265 --working-dir . -- \
+    ieskips sweep run docker/smoke-cluster.yaml --address auto
+  echo "== the job ran in $(( $(date +%s) - start )) s"
+  "$venv/bin/python" docker/local/check_stack.py --runs ieskips-smoke
+}
+
 case "${1:-}" in
   up) up ;;
+  smoke) smoke ;;
   down) compose_file; "${COMPOSE[@]}" down >>"$STATE/compose.log" 2>&1 ;;
   purge) compose_file; "${COMPOSE[@]}" down -v >>"$STATE/compose.log" 2>&1 ;;
-  *) echo "usage: $0 up|down|purge" >&2; exit 2 ;;
+  *) echo "usage: $0 up|smoke|down|purge" >&2; exit 2 ;;
 esac

@@ -61,6 +61,9 @@ def main() -> None:
     env["MLFLOW_AUTH_CONFIG_PATH"] = path
     env["MLFLOW_BACKEND_STORE_URI"] = database_uri(env, env.get("POSTGRES_DB") or "mlflow")
     env.setdefault("MLFLOW_SERVER_ALLOWED_HOSTS", ALLOWED_HOSTS)
+    # MLflow's job runner (GenAI scoring and archival schedulers) is unused here; off, the server starts
+    # several times faster and holds fewer processes.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     command = server_command(env)
     sys.stdout.flush()
     os.execvp(command[0], command)

@@ -87,7 +87,9 @@ class TrialConfig(BaseModel):
     # x - x_prev - f(x) cancels: in bf16 the input gradient drifts), so the input gradient keeps a cosine
     # >= 0.99 with the fp32 one in both inner_grad modes (tests/models/test_precision.py). Off: exact fp32.
     bf16: bool = False
-    channels_last: bool = False  # memory format that speeds convolutions on recent GPUs
+    # memory format of the model's weights: on this CPU 1.19x the training step of Table 1's models
+    # (benchmarks/cpu_paths.py, which --local follows); on a GPU see benchmarks/gpu_throughput.py
+    channels_last: bool = False
     checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints
     num_workers: int = Field(0, ge=0)  # DataLoader processes (data_on_device: false); 0 keeps runs reproducible
     data_on_device: bool = True  # data set on the trial's device as stored (uint8), crop/flip there; false: DataLoader

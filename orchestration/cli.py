@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--storage", help="--sweep NAME: the sweep's storage path")
     _place_args(evaluate)
     _tracking_args(evaluate)
-    demo = sub.add_parser("demo", help="the smoke sweep on a local Ray with SQLite MLflow, then its report")
-    demo.add_argument("--spec", help="sweep file (default: sweeps/smoke.yaml of this repository)")
+    demo = sub.add_parser("demo", help="a miniature of Table 1 on real MNIST (digits where MNIST cannot be "
+                          "fetched) on a local Ray with SQLite MLflow, then its report")
+    demo.add_argument("--spec", help="sweep file (default: sweeps/demo.yaml of this repository; sweeps/smoke.yaml "
+                      "where MNIST cannot be fetched)")
     demo.add_argument("--out", default="reports", help="report directory (default: reports/)")
     report = sub.add_parser("report", help="regenerate a sweep's paper table or figure from its MLflow runs")
     report.add_argument("sweep", help="sweep file, or the name of a sweep run here")

@@ -5,8 +5,11 @@ to its end; an evaluation job holds the lease of every run it will write into. A
 one line (``LeaseHeld``): who holds it (host, pid, command), since when, its last heartbeat, and when it
 expires. The holder renews it from a background thread every ``ttl / 6`` seconds; it expires ``ttl``
 seconds (``IESKIPS_LEASE_TTL``, default 60) after the last heartbeat, and may then be taken over: the
-taker records the holder it replaced in the ``ieskips.lease.taken_over`` tag. Normal exit, an error and
-Ctrl-C release it (the ``with`` block); a killed driver's lease simply expires.
+taker records the holder it replaced in the ``ieskips.lease.taken_over`` tag. So may the lease of a
+holder that provably is gone: on the same machine (host name and boot id), in the same pid namespace,
+its pid is no process now, or another one (another start time); e.g. ``sweep resume`` right after the
+driver was killed. Normal exit, an error, Ctrl-C and SIGTERM (Ray turns it into ``SystemExit``)
+release it (the ``with`` block); a driver killed outright elsewhere leaves its lease to expire.
 
 Why the protocol is safe. MLflow tags are last-writer-wins, so a tag cannot decide between two drivers
 that start together; but a run's params are write-once, in every tracking store (SQLite, PostgreSQL,
@@ -28,9 +31,10 @@ ttl (NTP does), or a lease may look expired early.
 
 A new sweep has no parent run yet, and MLflow cannot create a run only if none exists: two drivers may
 each create one. Each then waits ``SETTLE_S`` and keeps the earliest created (``find_parent_run``'s
-order: start time, then run id); the other deletes its own. Both pick the same run as long as the two
-hosts' clocks differ by less than ``SETTLE_S``: a run created later than the other's second look is then
-also stamped later. The lease of that one run then decides who drives.
+order: start time, then run id); the other deletes its own. Both pick the same run as long as creating a
+run takes, and the two hosts' clocks differ by, well under ``SETTLE_S``: a run that the other's second
+look missed is then also stamped later. The lease of that one run then decides who drives. (MLflow
+offers nothing write-once across runs that could decide this without a timing assumption.)
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 from ieskips.errors import ConfigError
 
@@ -88,6 +93,34 @@ def _command() -> str:
     return " ".join(["ieskips", *sys.argv[1:]])[:200]
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot); None if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _machine() -> dict:
+    """Where this process lives: enough for a process on the same machine to tell that it has died."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return {}
+    return {"boot": boot, "pidns": pidns, "started": _started(os.getpid())}
+
+
+def holder_is_gone(state: dict) -> bool:
+    """True only where it is sure: the holder ran on this machine, in this pid namespace, and its process
+    is no more (its pid is free, or another process's)."""
+    here = _machine()
+    if not here or state.get("host") != socket.gethostname() or state.get("boot") != here["boot"] \
+            or state.get("pidns") != here["pidns"] or not state.get("started"):
+        return False
+    return _started(int(state["pid"])) != state["started"]
+
+
 def lease_state(run) -> dict | None:
     """The run's latest term: its claim (holder, host, pid, command, since, ttl_s) with ``term``,
     ``heartbeat``, ``expires`` and ``released`` (None: held); None if no lease was ever taken."""
@@ -123,18 +156,19 @@ class Lease:
         self.client, self.run_id, self.what, self.verb = MlflowClient(tracking_uri), run_id, what, verb
         self.ttl = float(ttl) if ttl else lease_ttl()
         self.me = {"holder": uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid(),
-                   "command": _command(), **(extra or {})}
+                   "command": _command(), **_machine(), **(extra or {})}
         self.term: int | None = None
         self.claim: dict = {}
         self.lost: str | None = None
         self._warned = False
 
     def acquire(self) -> "Lease":
-        """Take the lease: LeaseHeld if another live holder has it; an expired one is taken over."""
+        """Take the lease: LeaseHeld if another live holder has it; an expired one, or one whose holder is
+        gone, is taken over."""
         error = None
         for _ in range(5):  # a lost race ends at the next read (the winner's claim is live)
             state = lease_state(self.client.get_run(self.run_id))
-            if is_live(state):
+            if is_live(state) and not holder_is_gone(state):
                 raise LeaseHeld(self.held_line(state))
             term, now = (state["term"] if state else 0) + 1, time.time()
             claim = {**self.me, "since": _stamp(now), "ttl_s": self.ttl}
@@ -153,11 +187,11 @@ class Lease:
         from mlflow.entities import RunTag
 
         tags = {LEASE_TAG: self._tag(now)}
-        if previous and not previous["released"]:  # an expired lease: say whose it was
-            tags[TAKEN_OVER_TAG] = json.dumps({**previous, "by": self.me["holder"], "at": _stamp(now)})
-            log.warning("%s: taking over the lease of %s pid %s (last heartbeat %s, expired %s)", self.what,
-                        previous["host"], previous["pid"], _shown(previous["heartbeat"]),
-                        _shown(previous["expires"]))
+        if previous and not previous["released"]:  # expired, or its holder is gone: say whose it was
+            why = "expired" if now >= _seconds(previous["expires"]) else "its process is gone"
+            tags[TAKEN_OVER_TAG] = json.dumps({**previous, "why": why, "by": self.me["holder"], "at": _stamp(now)})
+            log.warning("%s: taking over the lease of %s pid %s (%s; last heartbeat %s)", self.what,
+                        previous["host"], previous["pid"], why, _shown(previous["heartbeat"]))
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _tag(self, now: float, released: float | None = None) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 from ieskips.errors import ConfigError
 

@@ -13,8 +13,10 @@ A run keeps its *origin* id (the id in the store where it ran; an imported run c
 ``ieskips.imported_from`` tag), so importing a bundle twice, or into the store it came from, creates
 nothing, and exporting an imported store gives the same files back. Import skips a run whose origin or
 whose complete identity (``identity.complete``) the store already has: ``sweep run`` afterwards runs
-only the trials still missing. Everything is read and checked (hashes, JSON, CSV, the spec, every
-stored model and per-example file) before anything is written to the store.
+only the trials still missing. The leases of the drivers that wrote a run (``lease.py``) stay behind:
+they are the store's coordination, not results. Everything is read and checked (hashes, JSON, CSV, the
+spec, every stored model and per-example file) before anything is written to the store; each stored
+model is then registered again as the run's logged model (``run_artifacts._register``).
 
 Not mlflow-export-import: its release (1.2.0 on PyPI) has no MLflow 3 logged models, and its import
 creates new runs every time (not idempotent) and ends them at import time (end times lost).
@@ -39,6 +41,7 @@ from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
 
 from .identity import IDENTITY_TAG, complete
+from .lease import LEASE_TAG
 from .run_artifacts import MODEL_ARTIFACT, RESULTS_DIR, _register
 from .spec import SweepSpec, parse_spec
 from .tracking import ROLE_TAG, SWEEP_TAG, find_parent_run, sweep_trial_runs
@@ -50,6 +53,12 @@ IMPORTED_TAG, PARTIAL_TAG = "ieskips.imported_from", "ieskips.import_partial"
 LOCAL_TAGS = (IMPORTED_TAG, PARTIAL_TAG, "mlflow.parentRunId", "mlflow.runName")
 STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 METRIC_COLUMNS = ["key", "step", "timestamp", "value"]
+
+
+def local_key(key: str) -> bool:
+    """A param or tag that belongs to the store, not to the results: ours above, and the leases of the
+    drivers and jobs that wrote into the run (``lease.py``: host, pid, heartbeats; all long expired)."""
+    return key in LOCAL_TAGS or key == LEASE_TAG or key.startswith(LEASE_TAG + ".")
 
 
 def origin(run) -> str:
@@ -79,21 +88,30 @@ def export_sweep(client, spec: SweepSpec, folder: Path) -> dict:
             names.append(_folder_name(run, names))
             _export_run(client, run, stage / "runs" / names[-1])
         files = {p.relative_to(stage).as_posix(): sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        (folder / BUNDLE_FILE).unlink(missing_ok=True)  # a crash below leaves no bundle, not a wrong one
-        for rel in files:
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(stage / rel, folder / rel)
-        for rel in old - set(files):
-            (folder / rel).unlink(missing_ok=True)
+        _install(stage, folder, files, old)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    _prune_empty(folder)
     manifest = {"format": FORMAT, "version": VERSION, "sweep": spec.name, "experiment": spec.experiment,
                 "parent": "parent" if parent is not None else None, "runs": [f"runs/{n}" for n in names],
                 "written_by": {"ieskips": __version__, "mlflow": _mlflow_version()}, "files": files}
-    (folder / BUNDLE_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (folder / BUNDLE_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")  # last
     return {"runs": len(trials), "parent": parent is not None, "files": len(files) + 1,
             "bytes": sum((folder / rel).stat().st_size for rel in files)}
+
+
+def _install(stage: Path, folder: Path, files: dict, old: set) -> None:
+    """Move the staged files into place and remove the earlier export's files that are gone (and the
+    folders they leave empty). The old manifest goes first: a crash midway leaves no bundle, not a wrong one."""
+    (folder / BUNDLE_FILE).unlink(missing_ok=True)
+    for rel in files:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, folder / rel)
+    for rel in sorted(old - set(files)):
+        (folder / rel).unlink(missing_ok=True)
+        for up in (folder / rel).parents:
+            if up == folder or not up.is_dir() or any(up.iterdir()):
+                break
+            up.rmdir()
 
 
 def _previous_files(folder: Path, sweep: str) -> set[str]:
@@ -122,8 +140,8 @@ def _export_run(client, run, folder: Path) -> None:
     outputs = run.outputs.model_outputs if run.outputs else []
     record = {"id": origin(run), "name": run.info.run_name, "status": run.info.status,
               "start_time": run.info.start_time, "end_time": run.info.end_time,
-              "params": dict(sorted(run.data.params.items())),
-              "tags": {k: v for k, v in sorted(run.data.tags.items()) if k not in LOCAL_TAGS},
+              "params": {k: v for k, v in sorted(run.data.params.items()) if not local_key(k)},
+              "tags": {k: v for k, v in sorted(run.data.tags.items()) if not local_key(k)},
               "datasets": [_dataset(d) for d in run.inputs.dataset_inputs] if run.inputs else [],
               "model_step": outputs[0].step if outputs else None}
     (folder / RUN_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -141,12 +159,6 @@ def _dataset(given) -> dict:
     d = given.dataset
     return {"name": d.name, "digest": d.digest, "source_type": d.source_type, "source": d.source,
             "schema": d.schema, "profile": d.profile, "tags": {t.key: t.value for t in given.tags}}
-
-
-def _prune_empty(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
 
 
 def _mlflow_version() -> str:
@@ -217,8 +229,9 @@ def read_bundle(folder: Path) -> Bundle:
         raise damaged(err) from None
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
         raise damaged(f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}") from None
-    if spec.name != manifest.get("sweep"):
-        raise damaged(f"{SPEC_FILE} names sweep {spec.name!r}, {BUNDLE_FILE} {manifest.get('sweep')!r}")
+    if (spec.name, spec.experiment) != (manifest.get("sweep"), manifest.get("experiment")):
+        raise damaged(f"{SPEC_FILE} names sweep {spec.name!r} in experiment {spec.experiment!r}, {BUNDLE_FILE} "
+                      f"{manifest.get('sweep')!r} in {manifest.get('experiment')!r}")
     return Bundle(folder, spec, parent, runs)
 
 
@@ -289,7 +302,9 @@ def import_bundle(client, bundle: Bundle, experiment_id: str) -> dict:
         client.delete_run(run.info.run_id)
         there.remove(run)
     origins = {origin(r) for r in there}
-    idents = {r.data.tags.get(IDENTITY_TAG): complete(r) for r in there if r.data.tags.get(IDENTITY_TAG)}
+    idents = {}  # identity -> whether some run of it is complete
+    for run in there:
+        _seen(idents, run.data.tags.get(IDENTITY_TAG), complete(run))
     parent_id, parent_new = _parent(client, experiment_id, bundle)
     made = 0
     for record in bundle.runs:
@@ -297,10 +312,17 @@ def import_bundle(client, bundle: Bundle, experiment_id: str) -> dict:
         if record.info["id"] in origins or idents.get(ident) or (ident in idents and not _complete(record)):
             continue
         _import_run(client, experiment_id, record, parent_id)
+        origins.add(record.info["id"])
+        _seen(idents, ident, _complete(record))
         made += 1
     if made and not parent_new:  # the sweep's totals now count the imported runs too
         log_sweep_total(client, parent_id, sweep_trial_runs(client, experiment_id, name))
     return {"imported": made, "skipped": len(bundle.runs) - made, "parent_id": parent_id, "parent_new": parent_new}
+
+
+def _seen(idents: dict, ident: str | None, done: bool) -> None:
+    if ident:
+        idents[ident] = idents.get(ident, False) or done
 
 
 def _complete(record: RunRecord) -> bool:

@@ -23,6 +23,9 @@ def export(args) -> int:
     spec = sweep_spec(args.sweep, args.smoke, args.storage)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
     check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"sweep {spec.name!r}: there is no tracking store at {uri} (MLflow would create an "
+                          "empty one); pass --tracking-uri where the sweep ran")
     try:
         done = export_sweep(MlflowClient(uri), spec, Path(args.dir))
     except ConfigError:
@@ -59,11 +62,12 @@ def _remember(spec, uri: str, experiment_id: str, parent_id: str, storage: str |
     look (``<storage>/<name>/``), unless a sweep of that name is already there (a sweep run here)."""
     from .tuner import SPEC_FILE, STATE_FILE, sweep_dir
 
-    folder = Path(sweep_dir(spec.name, storage))
+    where = sweep_dir(spec.name, storage)
+    if "://" in where:
+        return f"sweep {spec.name}: give the sweep file to commands (storage {where} is not a local folder)"
+    folder = Path(where)
     if (folder / SPEC_FILE).is_file():
         return f"sweep {spec.name}: its state under {folder} is left as it was"
-    if "://" in str(folder):
-        return f"sweep {spec.name}: give the sweep file to commands (storage {folder} is not a local folder)"
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)

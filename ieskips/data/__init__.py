@@ -74,6 +74,7 @@ def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bo
         if download:
             mnist.fetch(root, progress=False)
         mnist.verify(root)
+        download = False  # fetched and verified above, by the routes of mnist.fetch
     cls = {"mnist": _MNIST, "cifar10": _CIFAR10, "cifar100": _CIFAR100}[name]
     try:
         return cls(str(root), train=train, download=download, transform=transform)

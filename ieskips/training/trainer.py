@@ -76,7 +76,7 @@ class Trial:
         test = scored_examples(config.dataset, config.test_subset, **data)
         eval_set = subset(test.dataset, config.eval_subset, 0)
         model = model_for(config).to(device)
-        if config.channels_last and device.type == "cuda":
+        if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)

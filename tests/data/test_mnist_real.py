@@ -60,5 +60,6 @@ def test_a_run_names_mnist_by_its_files_digest(real_root, tmp_path):
     assert files_digest("mnist", True) == TRAIN_DIGEST and files_digest("digits", True) is None
     source = json.loads(inputs["test"].source)
     assert source["files"] == IDENTITY
-    assert source["md5"] == {name: mnist.FILES[name][1] for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    assert source["md5"] == {name: mnist.FILES[name][1] for name in mnist.SPLITS["test"]}
+    assert mnist.SPLITS["test"] == ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     assert json.loads(inputs["train"].profile) == {"split": "train", "examples": 5000, "of": 60_000, "subset_seed": 0}

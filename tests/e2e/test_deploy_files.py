@@ -154,7 +154,9 @@ def test_the_auth_config_keeps_an_odd_password_intact_and_grants_nothing_by_defa
 
 def test_the_dockerfile_installs_from_the_lock_file_as_an_unprivileged_user():
     text = (DOCKER / "Dockerfile").read_text()
-    assert "pip install -c requirements.lock ." in text
+    # The dependencies from pyproject.toml under the lock, then the project itself without dependencies.
+    assert "pip install -c requirements.lock -r /tmp/requirements.txt" in text
+    assert "pip install --no-deps -c requirements.lock ." in text and "pip check" in text
     assert re.search(r"^ARG TORCH_VARIANT=cuda$", text, re.M) and "cpu)" in text
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11[\w.-]*$", text, re.M)  # the Python the lock was made with
     assert re.search(r"^USER ray$", text, re.M)

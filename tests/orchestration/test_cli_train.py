@@ -31,8 +31,10 @@ def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch, capsys):
     assert run.info.status == "FINISHED"
     assert run.data.params["ie_steps"] == "1" and run.data.params["method"] == "natural"
     assert run.data.tags["paper_table"] == "table1"
-    history = client.get_metric_history(run.info.run_id, "robust_acc/pgd3")
+    history = client.get_metric_history(run.info.run_id, "robust_acc/fgsm")  # monitored every epoch
     assert [m.step for m in history] == [1, 2]
+    assert "final/robust_acc/pgd3" in run.data.metrics and not client.get_metric_history(run.info.run_id,
+                                                                                        "robust_acc/pgd3")
     assert "final/robust_acc/worst" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "trial.yaml", "checkpoint.pt"} <= artifacts
@@ -44,6 +46,7 @@ def test_train_logs_params_metrics_and_artifacts(tmp_path, monkeypatch, capsys):
                  "--audit", "--subset", "24"]) == 0
     out = capsys.readouterr().out
     assert "pgd5" in out and "steps_converge" in out and "unrolled_gradients" in out
+    assert "audit on 24 test examples" in out  # --subset reaches the audit too
     assert "credible robust accuracy" in out
 
 

@@ -5,6 +5,8 @@ import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,10 +14,10 @@ import pytest
 
 from ieskips.errors import ConfigError
 from orchestration import lease as lease_module
-from orchestration.lease import (LEASE_TAG, TAKEN_OVER_TAG, Lease, LeaseHeld, LeaseLost, hold, is_live, lease_state,
-                                 lease_ttl, sweep_parent)
+from orchestration.lease import (LEASE_TAG, TAKEN_OVER_TAG, Lease, LeaseHeld, LeaseLost, hold, holder_is_gone, is_live,
+                                 lease_state, lease_ttl, sweep_parent)
 
-from .helpers import cli, descendants, ray_env, runs, wait_for, write_spec
+from .helpers import REPO, cli, descendants, ray_env, runs, wait_for, write_spec
 
 HOST = socket.gethostname()
 
@@ -56,6 +58,7 @@ def test_a_second_holder_is_refused_in_one_line_naming_the_first(store, run_id):
     assert "run this again after" in line and "when its lease expires" in line
     state = _state(store, run_id)
     assert state["term"] == 1 and state["holder"] == first.me["holder"] and is_live(state)
+    assert not holder_is_gone(state) and not holder_is_gone({**state, "host": "elsewhere", "pid": 2 ** 22 + 1})
     tag = json.loads(store[1].get_run(run_id).data.tags[LEASE_TAG])
     assert tag["host"] == HOST and tag["pid"] == os.getpid() and tag["command"].startswith("ieskips")
 
@@ -85,6 +88,18 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_finds_out(store, run_
     assert state["holder"] == new.me["holder"] and state["term"] == 2 and is_live(state)
     with pytest.raises(LeaseHeld):
         _lease(store, run_id).acquire()
+
+
+@pytest.mark.unit
+def test_the_lease_of_a_holder_that_is_gone_is_taken_over_at_once(store, run_id):
+    code = ("import os, sys; from orchestration.lease import Lease; "
+            "Lease(sys.argv[1], sys.argv[2], 'sweep s', ttl=600).acquire(); os._exit(0)")  # killed, in effect
+    subprocess.run([sys.executable, "-c", code, store[0], run_id], cwd=REPO, check=True, timeout=300)
+    state = _state(store, run_id)
+    assert is_live(state) and holder_is_gone(state)
+    new = _lease(store, run_id).acquire()
+    taken = json.loads(store[1].get_run(run_id).data.tags[TAKEN_OVER_TAG])
+    assert taken["why"] == "its process is gone" and taken["pid"] == state["pid"] and taken["by"] == new.me["holder"]
 
 
 @pytest.mark.unit

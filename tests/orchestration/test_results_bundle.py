@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration.results import IMPORTED_TAG, LOCAL_TAGS, export_sweep, import_bundle, read_bundle, sha256
+from orchestration.results import IMPORTED_TAG, PARTIAL_TAG, export_sweep, import_bundle, local_key, read_bundle, sha256
 
 from .helpers import REPO, MlflowServer, cli, ray_env, runs, write_spec
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # one sweep for the file: ~2 min
 EXPERIMENT, SMALL, GRID = "ieskips-smoke", {"epochs": 2}, {"ie_steps": [0, 1], "method": ["natural"]}
 
 
@@ -34,8 +34,8 @@ def _snapshot(uri: str, folder: Path) -> dict:
     for run in parents + trials:
         rid, data = run.info.run_id, run.data
         record = {"name": run.info.run_name, "status": run.info.status, "start": run.info.start_time,
-                  "end": run.info.end_time, "params": data.params,
-                  "tags": {k: v for k, v in data.tags.items() if k not in LOCAL_TAGS},
+                  "end": run.info.end_time, "params": {k: v for k, v in data.params.items() if not local_key(k)},
+                  "tags": {k: v for k, v in data.tags.items() if not local_key(k)},
                   "metrics": {k: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(rid, k))
                               for k in data.metrics},
                   "datasets": sorted((d.dataset.digest, d.dataset.profile) for d in run.inputs.dataset_inputs),
@@ -90,7 +90,6 @@ def _files(bundle: Path) -> dict:
     return json.loads((bundle / "bundle.json").read_text())["files"]
 
 
-@pytest.mark.slow
 def test_import_recreates_every_run_and_a_second_import_creates_nothing(source, imported):
     assert imported.snapshot == source.snapshot  # params, tags, histories, datasets, models, per-example results
     assert len(imported.snapshot) == 3 and all(r["models"] == [("preact_resnet18", "READY", True)]
@@ -116,7 +115,6 @@ def test_import_recreates_every_run_and_a_second_import_creates_nothing(source, 
     assert theirs == mine and "missing" not in natural  # (the FGSM-AT rows are not in this small grid)
 
 
-@pytest.mark.slow
 def test_sweep_run_on_the_imported_store_runs_only_the_missing_trials(source, imported):
     code, out = finish(cli("sweep", "run", str(source.spec), cwd=imported.folder, env=imported.env))
     assert code == 0 and "2 trials in the file; 2 complete (skipped), 0 to run" in out, out[-3000:]
@@ -134,7 +132,6 @@ def test_sweep_run_on_the_imported_store_runs_only_the_missing_trials(source, im
             assert run.info.end_time == imported.trials[run.info.run_id].info.end_time
 
 
-@pytest.mark.slow
 def test_evaluate_by_name_attacks_the_imported_models_and_writes_back(imported):
     from mlflow.tracking import MlflowClient
 
@@ -166,18 +163,20 @@ def _first(manifest: dict, suffix: str) -> str:
     return next(rel for rel in sorted(manifest["files"]) if rel.endswith(suffix))
 
 
-@pytest.mark.slow
-def test_a_folder_that_is_no_bundle_or_a_damaged_one_is_one_line_and_exit_2(source, imported, tmp_path):
+def test_a_folder_that_is_no_bundle_or_a_damaged_one_is_one_line_and_exit_2(source, imported, tmp_path, capsys,
+                                                                            monkeypatch):
+    from orchestration.cli import main
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
     missing = _damaged(source, tmp_path, lambda c, m: (c / _first(m, ".npz")).unlink())
     _, _, before = runs(imported.uri, EXPERIMENT)
     fresh = tmp_path / "fresh.db"
     for folder, uri, message in ((tmp_path / "empty", f"sqlite:///{fresh}", "is not a results bundle"),
                                  (missing, imported.uri, ".npz is missing")):
-        code, out = finish(cli("results", "import", str(folder), "--tracking-uri", uri, cwd=tmp_path,
-                               env=imported.env))
-        assert code == 2 and len(out.strip().splitlines()) == 1 and out.startswith("ieskips: error: "), out
-        assert message in out, out
+        assert main(["results", "import", str(folder), "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("ieskips: error: ") and message in err, err
     assert not fresh.exists() and not (tmp_path / "mlruns").exists()  # nothing written, not even a store
     _, _, after = runs(imported.uri, EXPERIMENT)
     assert len(after) == len(before)
@@ -213,18 +212,45 @@ def test_a_folder_that_is_no_bundle_or_a_damaged_one_is_one_line_and_exit_2(sour
             read_bundle(_damaged(source, tmp_path, change))
 
 
-def test_export_of_a_sweep_with_no_runs_or_into_another_sweeps_bundle_is_refused(source, tmp_path):
+def test_export_of_a_sweep_with_no_runs_or_into_another_sweeps_bundle_is_refused(source, tmp_path, capsys,
+                                                                                   monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    env = {**ray_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
-    code, out = finish(cli("results", "export", str(REPO / "sweeps" / "smoke.yaml"), str(tmp_path / "b"), "--smoke",
-                           cwd=tmp_path, env=env))
-    assert code == 2 and out.strip().splitlines() == [
-        f"ieskips: error: sweep 'smoke-smoke' has no runs in experiment '{EXPERIMENT}' at sqlite:///{tmp_path}/empty.db; "
-        "run it first, or pass --tracking-uri where it ran"], out
-    other = read_bundle(source.bundle).spec.model_copy(update={"name": "other"})
-    with pytest.raises(ConfigError, match="holds the bundle of sweep 'carry'"):
-        export_sweep(MlflowClient(source.uri), other, Path(shutil.copytree(source.bundle, tmp_path / "copy")))
+    from orchestration.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    smoke = str(REPO / "sweeps" / "smoke.yaml")
+    assert main(["results", "export", smoke, "b", "--smoke", "--tracking-uri", "sqlite:///none.db"]) == 2
+    assert capsys.readouterr().err == ("ieskips: error: sweep 'smoke-smoke': there is no tracking store at "
+                                       "sqlite:///none.db (MLflow would create an empty one); pass --tracking-uri "
+                                       "where the sweep ran\n")
+    assert main(["results", "export", smoke, "b", "--smoke", "--tracking-uri", source.uri]) == 2
+    assert capsys.readouterr().err.startswith("ieskips: error: sweep 'smoke-smoke' has no runs in experiment")
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "b").exists()
+    other = Path(shutil.copytree(source.bundle, tmp_path / "other"))
+    manifest = json.loads((other / "bundle.json").read_text())
+    (other / "bundle.json").write_text(json.dumps({**manifest, "sweep": "other"}))
+    with pytest.raises(ConfigError, match="holds the bundle of sweep 'other'; export 'carry' to another folder"):
+        export_sweep(MlflowClient(source.uri), read_bundle(source.bundle).spec, other)
+
+
+def test_a_run_an_interrupted_import_left_half_written_is_made_again(source, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import connect
+
+    monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts go to ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, bundle = MlflowClient(uri), read_bundle(source.bundle)
+    experiment_id = connect(uri, EXPERIMENT)
+    import_bundle(client, bundle, experiment_id)
+    _, _, first = runs(uri, EXPERIMENT)
+    client.set_tag(first[0].info.run_id, PARTIAL_TAG, "true")  # as if that import had stopped midway
+    done = import_bundle(client, bundle, experiment_id)
+    assert (done["imported"], done["skipped"]) == (1, 1)
+    _, parents, second = runs(uri, EXPERIMENT)
+    assert len(parents) == 1 and len(second) == 2 and first[0].info.run_id not in {r.info.run_id for r in second}
+    assert client.get_run(first[0].info.run_id).info.lifecycle_stage == "deleted"
 
 
 @pytest.mark.e2e

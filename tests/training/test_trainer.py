@@ -134,3 +134,11 @@ def test_diagnostics_switch_logs_stability_each_epoch_and_with_the_final_metrics
         assert metrics["diag/stage_gain/mean"] > 0  # along the strongest attack's perturbation
     assert final["final/diag/stable_frac/all"] == seen[-1]["diag/stable_frac/all"]
     assert not any(k.startswith("final/diag/") for k in train(TrialConfig.from_dict(SMALL), progress=False))
+
+
+def test_channels_last_trains_to_the_same_metrics_on_cpu():
+    """A memory format only (not part of a trial's identity): the same numbers within float tolerance."""
+    config = {**SMALL, "device": "cpu", "ie_steps": 1, "eval_attacks": [{"name": "fgsm", "eps": 0.1}]}
+    plain = train(TrialConfig.from_dict(config), progress=False)
+    fast = train(TrialConfig.from_dict({**config, "channels_last": True}), progress=False)
+    assert fast == pytest.approx(plain, abs=0.02)
