@@ -8,8 +8,9 @@ for the evaluation path one batch of FGSM or PGD-20 (the file's specs) scored by
 
 1. Layouts ``PxT`` (P processes at once, T threads each) on this machine's C cores: 1x1, 1xC, Cx1,
    the ones between, and CxC (trials at once with torch's default threads: oversubscribed). Each
-   process is a spawned worker; a layout's images/s is the sum over its processes' images over the
-   wall time from the first start to the last end. images per CPU-second beside it (process time).
+   process is a spawned worker at a fixed thread count; a layout's images/s is the sum over its
+   processes' images over the wall time from the first start to the last end; images per CPU-second
+   (process time) beside it, a proxy for a quiet machine.
 2. channels_last on/off (model and batch), at the threads per trial chosen in 1.
 3. FGSM and PGD-20 examples/s on the same layouts as 1 (a trial's final evaluation).
 4. torch.compile (mode default and max-autotune-no-cudagraphs; reduce-overhead is CUDA graphs, which
@@ -37,6 +38,7 @@ import platform
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,12 +111,13 @@ def make_work(model: str, task: str, channels_last=False, attack_batch=32, inner
 
 # --- layouts: persistent spawned workers, driven in lock step ---------------------------------------
 
-def _worker(conn):
+def _worker(conn, threads: int):
+    """One process at ``threads`` threads for its whole life, as a trial's is (switching a process's
+    thread count back and forth would time oneDNN's re-creation of its kernels, not the layout)."""
+    torch.set_num_threads(threads)
     works = {}
-    while (msg := conn.recv()) is not None:
-        key, threads = msg
-        torch.set_num_threads(threads)
-        if key not in works:  # built and run once untimed (first-call allocations)
+    while (key := conn.recv()) is not None:
+        if key not in works:  # built and run once untimed (first-call allocations, kernel creation)
             works[key] = make_work(*key)
             works[key]()
         conn.send("ready")
@@ -125,20 +128,25 @@ def _worker(conn):
 
 
 class Workers:
-    def __init__(self, count: int):
-        self.conns, self.procs = [], []
-        for _ in range(count):
+    """Spawned workers by thread count, started on first use."""
+
+    def __init__(self):
+        self.pools: dict[int, list] = {}
+
+    def _conns(self, count: int, threads: int) -> list:
+        pool = self.pools.setdefault(threads, [])
+        while len(pool) < count:
             parent, child = CTX.Pipe()
-            proc = CTX.Process(target=_worker, args=(child,), daemon=True)
+            proc = CTX.Process(target=_worker, args=(child, threads), daemon=True)
             proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
+            pool.append((parent, proc))
+        return [conn for conn, _ in pool[:count]]
 
     def burst(self, layout: tuple[int, int], key: tuple) -> dict:
         """One unit of ``key`` in each of ``layout[0]`` workers at ``layout[1]`` threads, started together."""
-        conns = self.conns[:layout[0]]
+        conns = self._conns(*layout)
         for c in conns:
-            c.send((key, layout[1]))
+            c.send(key)
         for c in conns:
             c.recv()
         for c in conns:
@@ -149,9 +157,9 @@ class Workers:
         return {"ips": images / wall, "ips_cpu": images / max(sum(d[2] for d in done), 1e-9)}
 
     def close(self):
-        for c, p in zip(self.conns, self.procs):
-            c.send(None)
-            p.join(timeout=30)
+        for conn, proc in (w for pool in self.pools.values() for w in pool):
+            conn.send(None)
+            proc.join(timeout=30)
 
 
 def layouts(cores: int, oversubscribed: bool) -> list[tuple[int, int]]:
@@ -243,19 +251,28 @@ def run_compile_case(case: dict, threads, limit_s, cache_dir) -> dict:
     proc = CTX.Process(target=_compile_case, args=(case["model"], case["inner_grad"], case["mode"], threads, child))
     proc.start()
     child.close()  # the child's end lives in the child only: its death reads as EOF here
+    answered = False
     try:
         if result.poll(limit_s):
-            return result.recv()
-        for pid in [*_descendants(proc.pid), proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            answered, got = True, result.recv()
+            return got
         return {"status": "timeout", "reason": f"no result within {limit_s:.0f} s (the compile budget)"}
     except EOFError:  # the child died without a word (killed for memory, a crash in the compiler)
+        answered = True
         return {"status": "failed", "reason": f"the compile process ended with code {proc.exitcode}"}
-    finally:
-        proc.join(timeout=60)
+    finally:  # past the budget or interrupted: the child and its compile workers go too
+        proc.join(timeout=30 if answered else 0)
+        if proc.is_alive():
+            _kill_tree(proc.pid)
+            proc.join(timeout=30)
+
+
+def _kill_tree(pid: int) -> None:
+    for each in [*_descendants(pid), pid]:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def compile_cases(quick: bool) -> list[dict]:
@@ -271,8 +288,17 @@ def compile_cases(quick: bool) -> list[dict]:
     return cases[:1] if quick else cases  # --quick: minutes of cold compile per model do not fit
 
 
-def measure_compile(threads, budget_s, quick) -> dict:
-    results, deadline, caches = {}, time.monotonic() + budget_s, {}
+def measure_compile(results: dict, threads, budget_s, quick, save) -> None:
+    """Fills ``results`` case by case, calling ``save()`` after each (a long section on a shared machine)."""
+    deadline, caches = time.monotonic() + budget_s, {}
+    try:
+        _compile_cases(results, threads, deadline, quick, save, caches)
+    finally:
+        for cache in caches.values():
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _compile_cases(results, threads, deadline, quick, save, caches):
     for case in compile_cases(quick):
         name = f"{case['model']}{'_unrolled' if case['inner_grad'] else ''}/{case['mode']}" + (
             "/warm_cache" if case.get("warm") else "")
@@ -284,9 +310,7 @@ def measure_compile(threads, budget_s, quick) -> dict:
             cache = cache or caches.setdefault(name, tempfile.mkdtemp(prefix="cpu_paths_inductor_"))
             results[name] = run_compile_case(case, threads, left, cache) | {"threads": threads}
         print(f"  {name:<42}{_compile_line(results[name])}", flush=True)
-    for cache in caches.values():
-        shutil.rmtree(cache, ignore_errors=True)
-    return results
+        save()
 
 
 def _compile_line(r: dict) -> str:
@@ -329,11 +353,13 @@ def choose_compile(comp: dict, train_s: dict) -> tuple[str, str]:
             return "no", f"{model}: {r['status']} ({r['reason']})"
         else:
             verdicts.append((model, r["speedup"], train_s[model] * (1 - 1 / r["speedup"]) - r["compile_s"]))
+    unrolled = [k.split("/")[0] for k, r in comp.items() if "_unrolled" in k and r["status"] == "unsupported"]
+    note = f"; {', '.join(unrolled)}: unsupported (double backward)" if unrolled else ""
     if not verdicts:
-        return "not measured", ", ".join(missing) + " (run the full mode or --sections 4)"
+        return "not measured", ", ".join(missing) + " (run the full mode or --sections 4)" + note
     detail = ", ".join(f"{m} {s:.2f}x, saves {v / 60:+.1f} min/trial" for m, s, v in verdicts)
     good = all(s >= GAIN and v > 0 for _, s, v in verdicts)
-    return ("yes" if good else "no"), detail + "".join(f"; {m}" for m in missing)
+    return ("yes" if good else "no"), detail + "".join(f"; {m}" for m in missing) + note
 
 
 def eval_share(lay: dict, train_lay: tuple, eval_lay: tuple, epochs: int, train_images: int) -> dict:
@@ -380,6 +406,7 @@ def main():
     parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 4 (compile only)")
     parser.add_argument("--threads", type=int, default=1, help="threads per trial when section 1 is not run")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally blocks stop what we started
     budgets = list(BUDGETS["quick" if args.quick else "full"])
     budgets[3] = args.compile_budget or budgets[3]
     cores, config, began = len(os.sched_getaffinity(0)), table1_config(0), time.monotonic()
@@ -400,12 +427,17 @@ def main():
     if "4" in args.sections:
         print(f"\n4. torch.compile at {layout[1]} thread(s), train step (fresh process and inductor cache per "
               f"case; budget {budgets[3]:.0f} s; {load()})", flush=True)
-        mark = time.monotonic()
-        out["compile"] = measure_compile(layout[1], budgets[3], args.quick)
+        mark, out["compile"] = time.monotonic(), {}
+        measure_compile(out["compile"], layout[1], budgets[3], args.quick, lambda: save(out, args))
         out.setdefault("section_s", {})["4"] = time.monotonic() - mark
     out["choice"] = choose(out, cores, config)
     out["load_end"], out["seconds"] = os.getloadavg(), time.monotonic() - began
     print_choice(out, cores)
+    save(out, args)
+
+
+def save(out: dict, args) -> None:
+    """The JSON so far: written after every section, so that a run stopped midway keeps what it measured."""
     dest = Path(__file__).with_name("results")
     dest.mkdir(exist_ok=True)
     name = "cpu_paths" + ("_quick" if args.quick else "") + ("" if args.sections == "1234" else f"_s{args.sections}")
@@ -413,13 +445,13 @@ def main():
 
 
 def run_worker_sections(args, out, budgets, cores):
-    workers, mark = Workers(cores), time.monotonic()
+    workers, mark = Workers(), time.monotonic()
     try:
         if "1" in args.sections:
             print(f"\n1. training step: processes x threads ({load()})", flush=True)
             out["layouts"] = measure_layouts(workers, cores, ("train",), args.rounds, budgets[0], not args.quick)
             print_layouts(out["layouts"], ("train",), cores)
-            mark = _section_done(out, "1", mark, _rounds(out["layouts"]))
+            mark = _section_done(out, args, "1", mark, _rounds(out["layouts"]))
             out["choice_train_layout"] = choose_layout(out["layouts"], "train", cores)
             out["choice_train_layout_by_cpu_time"] = choose_layout(out["layouts"], "train", cores, "ips_cpu")
         threads = out.get("choice_train_layout", (0, args.threads))[1]
@@ -429,22 +461,23 @@ def run_worker_sections(args, out, budgets, cores):
             for m in MODELS:
                 off, on = (out["channels_last"][f"{m}/{f}"]["ips"] for f in ("contiguous", "channels_last"))
                 print(f"  {m:<8} contiguous {off:6.0f}  channels_last {on:6.0f}  ({on / off:.2f}x)")
-            mark = _section_done(out, "2", mark, _rounds(out["channels_last"]))
+            mark = _section_done(out, args, "2", mark, _rounds(out["channels_last"]))
         if "3" in args.sections:
             batch = ATTACK_BATCH["quick" if args.quick else "full"]
             print(f"\n3. evaluation path: FGSM and PGD-20, batches of {batch} (examples/s; {load()})", flush=True)
             got = measure_layouts(workers, cores, ("fgsm", "pgd20"), args.rounds, budgets[2], False, batch)
             out["layouts"] = out.get("layouts", {}) | got
             print_layouts(got, ("fgsm", "pgd20"), cores)
-            _section_done(out, "3", mark, _rounds(got))
+            _section_done(out, args, "3", mark, _rounds(got))
     finally:
         workers.close()
 
 
-def _section_done(out: dict, section: str, mark: float, rounds: int) -> float:
+def _section_done(out: dict, args, section: str, mark: float, rounds: int) -> float:
     now = time.monotonic()
     out.setdefault("section_s", {})[section] = now - mark
     print(f"  ({rounds} round{'s' * (rounds > 1)}, {now - mark:.0f} s)", flush=True)
+    save(out, args)
     return now
 
 

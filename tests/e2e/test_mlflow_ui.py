@@ -60,7 +60,10 @@ def test_the_ui_shows_the_sweep_runs_and_the_report(browser, mlflow_server, swee
     # The experiment's runs (the "Model training" view): the parent run, and its four trials once expanded.
     assert page.goto(f"{mlflow_server.uri}/#/experiments/{experiment}/runs?workflowType=machine_learning").ok
     parent = page.get_by_role("row").filter(has_text=sweep_job.name)
-    expect(parent).to_have_count(1)
+    try:
+        expect(parent).to_have_count(1, timeout=30_000)  # the runs table renders slowly on a loaded machine
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "mlflow-runs-first.png"))
     close_assistant = page.get_by_role("button", name="Close")
     if close_assistant.count():
         close_assistant.first.click()
