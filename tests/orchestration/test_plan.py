@@ -32,14 +32,28 @@ def test_a_trial_is_counted_phase_by_phase():
     assert attack_passes({"name": "pgd", "inner_grad": "unrolled"}) > attack_passes({"name": "pgd"})
 
 
-def test_a_calibration_measures_each_attack_at_the_trials_batch_size():
+def test_a_calibration_times_each_attack_at_the_trials_batch_size_and_scales_it(monkeypatch):
+    """What is timed and how it is scaled (a fixed clock: timings themselves are the benchmark's,
+    benchmarks/plan_accuracy.py)."""
+    import orchestration.plan as plan_module
+
+    timed = []
+
+    def clock(fn, batch, device, repeats):
+        fn()
+        timed.append(batch)
+        return 1.0
+
+    monkeypatch.setattr(plan_module, "_per_example", clock)
     config = TrialConfig.from_dict({"dataset": "digits", "width": 4, "batch_size": 16, "ie_steps": 1,
-                                    "eval_attacks": [{"name": "fgsm"}, {"name": "pgd", "steps": 20},
-                                                     {"name": "pgd", "steps": 20, "inner_grad": "unrolled"}]})
+                                    "eval_attacks": [{"name": "fgsm"}, {"name": "pgd", "steps": 20, "restarts": 2},
+                                                     {"name": "pgd", "steps": 20, "inner_grad": "unrolled"},
+                                                     {"name": "square", "queries": 100, "subset": 10}]})
     costs = calibrate(config, "cpu")
-    assert costs.attacks["pgd20"] > 3 * costs.attacks["fgsm"] > 0  # twenty steps against one
-    assert costs.attacks["pgd20_unrolled"] > costs.attacks["pgd20"]  # second order
-    assert costs.train > costs.forward > 0
+    assert set(timed) == {16}  # the trial's batch size throughout
+    assert costs.attacks == {"fgsm": 1.0, "pgd20": 20.0, "pgd20_unrolled": 10.0,
+                             "square": pytest.approx(1 + 100 * SURVIVING)}  # two steps timed, then scaled
+    assert costs.train == costs.forward == 1.0
 
 
 def test_plan_of_a_paper_sweep_at_a_given_rate_scales_by_the_gpus_each_trial_holds():
