@@ -60,7 +60,7 @@ ATTACK_BATCH = {"full": 32, "quick": 16}  # a PGD-20 unit a loaded machine finis
 STEADY_S, STEADY_ROUNDS = 60, 15  # a compile case's interleaved steady state: single steps, so many rounds
 # Seconds per section (1 layouts, 2 channels_last, 3 evaluation, 4 compile): rounds go on while the
 # next fits; the first always runs, so a heavily loaded machine overruns them.
-BUDGETS = {"full": (120, 45, 100, 330), "quick": (40, 15, 35, 60)}
+BUDGETS = {"full": (120, 45, 100, 330), "quick": (80, 15, 60, 60)}
 
 
 def table1_config(ie_steps: int, inner_grad: str | None = None) -> TrialConfig:
@@ -497,12 +497,10 @@ def choose(out: dict, cores: int, config: TrialConfig) -> dict:
         out["eval_share"] = eval_share(lay, (p, t), choice["eval_layout"], epochs, train_images)
     if "channels_last" in out:
         choice["channels_last"], choice["channels_last_ratio"] = choose_channels_last(out["channels_last"])
-    if "compile" in out and "trials_at_once" in choice:
-        train_s = {m: p * epochs * train_images / lay[f"{m}/train/{p}x{t}"]["ips"] for m in MODELS}
-        choice["compile"], choice["compile_why"] = choose_compile(out["compile"], train_s)
-    elif "compile" in out:  # section 4 alone: its own eager steady state stands in for the trial's speed
-        train_s = {m: epochs * train_images / out["compile"].get(f"{m}/default", {}).get("eager_ips", float("inf"))
-                   for m in MODELS}
+    if "compile" in out:  # a trial's speed: its layout's share, else (section 4 alone) the eager steady state
+        speed = ({m: lay[f"{m}/train/{p}x{t}"]["ips"] / p for m in MODELS} if "trials_at_once" in choice else
+                 {m: out["compile"].get(f"{m}/default", {}).get("eager_ips", float("inf")) for m in MODELS})
+        train_s = {m: epochs * train_images / v for m, v in speed.items()}
         choice["compile"], choice["compile_why"] = choose_compile(out["compile"], train_s)
     return choice
 
