@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ieskips.training import train
-from orchestration.spec import parse_spec
+from orchestration.sweep.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

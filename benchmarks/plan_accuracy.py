@@ -1,7 +1,7 @@
 """How far `ieskips sweep plan` is from what a trial really takes, on this device.
 
 For each Table 1 model (vanilla, IE-1, IE-3: sweeps/table1.yaml's base) a short trial on real MNIST is
-planned (the calibration of orchestration/plan.py, at the trial's batch size and thread count) and then
+planned (the calibration of orchestration/sweep/plan.py, at the trial's batch size and thread count) and then
 run through the trainer, timed: its training (the epochs' own clock) and everything else (monitoring,
 selection, the final evaluation of the last and the selected checkpoint). Prints estimated, measured
 and their ratio; the target is a ratio within [1/1.5, 1.5]. The attacks are the file's, shortened to
@@ -24,7 +24,7 @@ import yaml
 
 from ieskips.config import TrialConfig
 from ieskips.training import train
-from orchestration.plan import calibrate, phases
+from orchestration.sweep.plan import calibrate, phases
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = {"epochs": 2, "train_subset": 4000, "test_subset": 1000, "eval_subset": 200, "val_size": 200,

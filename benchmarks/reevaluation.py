@@ -55,10 +55,10 @@ def measure(spec_path: Path) -> dict:
     from ieskips.evaluation import correct_masks
     from ieskips.stored import build
     from orchestration.cli import main as cli
-    from orchestration.evaluation_job import new_job, run_on_ray
-    from orchestration.run_artifacts import stored_model
-    from orchestration.spec import load_spec
-    from orchestration.tracking import sweep_trial_runs
+    from orchestration.sweep.evaluation_job import new_job, run_on_ray
+    from orchestration.records.run_artifacts import stored_model
+    from orchestration.sweep.spec import load_spec
+    from orchestration.records.tracking import sweep_trial_runs
 
     assert cli(["sweep", "run", str(spec_path)]) == 0
     ray.shutdown()

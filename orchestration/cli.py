@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _place_args(parser):
-    """Where a sweep runs, without editing its file (orchestration/overrides.py)."""
+    """Where a sweep runs, without editing its file (orchestration/commands/overrides.py)."""
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep-file key by its dotted path (repeatable): base.data_dir=./data, "
                              "resources.gpu=0, storage_path=./ray_results, max_concurrent=2")
@@ -129,18 +129,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "data":  # before the heavy imports: no Ray, no MLflow
-            from . import data_commands
+            from .commands import data
 
-            return getattr(data_commands, args.data_command)(args) or 0
-        from . import commands, sweep_commands  # heavy imports only after the arguments parse
+            return getattr(data, args.data_command)(args) or 0
+        from .commands import report, results, sweep, train  # heavy imports only after the arguments parse
 
         if args.command == "sweep":
-            return getattr(sweep_commands, args.sweep_command)(args) or 0
+            return getattr(sweep, args.sweep_command)(args) or 0
         if args.command == "results":
-            from . import results_commands
-
-            return results_commands.main(args) or 0
-        return getattr(commands, args.command)(args) or 0
+            return results.main(args) or 0
+        runs = {"train": train.train, "evaluate": train.evaluate, "demo": report.demo, "report": report.report}
+        return runs[args.command](args) or 0
     except ConfigError as err:
         print(f"ieskips: error: {err}", file=sys.stderr)
         return 2

@@ -63,7 +63,7 @@ def _digits(train: bool) -> Dataset:
 
 
 def _torchvision(name: str, root: Path, train: bool, download: bool, augment: bool, rotate: float = 0.0) -> Dataset:
-    from torchvision import datasets, transforms
+    from torchvision import transforms
 
     steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if (
         augment and train and name.startswith("cifar")) else []

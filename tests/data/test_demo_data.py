@@ -5,8 +5,8 @@ import pytest
 from ieskips.attacks import attack_label
 from ieskips.data import mnist
 from ieskips.errors import ConfigError
-from orchestration import commands
-from orchestration.spec import load_spec
+from orchestration.commands import report as commands
+from orchestration.sweep.spec import load_spec
 
 pytestmark = pytest.mark.unit
 

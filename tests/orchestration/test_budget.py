@@ -3,8 +3,8 @@ import pytest
 import yaml
 
 from ieskips.errors import ConfigError
-from orchestration.budget import Ledger
-from orchestration.spec import parse_spec
+from orchestration.sweep.budget import Ledger
+from orchestration.sweep.spec import parse_spec
 
 from .helpers import REPO, cli, ray_env, runs, write_spec
 
@@ -86,7 +86,7 @@ def test_a_cap_that_admits_two_of_four_trials_runs_two_and_says_so(tmp_path):
 def test_time_left_comes_from_the_epoch_times_seen_so_far():
     from types import SimpleNamespace
 
-    from orchestration.budget import hours, time_left
+    from orchestration.sweep.budget import hours, time_left
 
     def run(run_id, epoch, wall):
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id),

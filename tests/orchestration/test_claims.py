@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration.report import write_report
-from orchestration.spec import load_spec, parse_spec
+from orchestration.reports.tables import write_report
+from orchestration.sweep.spec import load_spec, parse_spec
 
 from .helpers import REPO
 from .test_report_golden import SPEC as GOLDEN

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration import lease as lease_module
-from orchestration.lease import (LEASE_TAG, TAKEN_OVER_TAG, Lease, LeaseHeld, LeaseLost, hold, holder_is_gone, is_live,
+from orchestration.sweep import lease as lease_module
+from orchestration.sweep.lease import (LEASE_TAG, TAKEN_OVER_TAG, Lease, LeaseHeld, LeaseLost, hold, holder_is_gone, is_live,
                                  lease_state, lease_ttl, sweep_parent)
 
 from .helpers import REPO, cli, descendants, ray_env, runs, wait_for, write_spec
@@ -92,7 +92,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_finds_out(store, run_
 
 @pytest.mark.unit
 def test_the_lease_of_a_holder_that_is_gone_is_taken_over_at_once(store, run_id):
-    code = ("import os, sys; from orchestration.lease import Lease; "
+    code = ("import os, sys; from orchestration.sweep.lease import Lease; "
             "Lease(sys.argv[1], sys.argv[2], 'sweep s', ttl=600).acquire(); os._exit(0)")  # killed, in effect
     subprocess.run([sys.executable, "-c", code, store[0], run_id], cwd=REPO, check=True, timeout=300)
     state = _state(store, run_id)

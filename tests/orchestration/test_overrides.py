@@ -4,9 +4,9 @@ import json
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration.identity import IDENTITY_TAG, identity, trial_config
-from orchestration.overrides import OVERRIDES_TAG, adapt, local_profile, parse_sets
-from orchestration.spec import load_spec, smoke_spec
+from orchestration.sweep.identity import IDENTITY_TAG, identity, trial_config
+from orchestration.commands.overrides import OVERRIDES_TAG, adapt, local_profile, parse_sets
+from orchestration.sweep.spec import load_spec, smoke_spec
 
 from .helpers import REPO, cli, ray_env, runs
 

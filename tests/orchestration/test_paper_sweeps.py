@@ -5,7 +5,7 @@ resolves its transfer oracles from the runs of Table 3's smoke sweep."""
 import pandas as pd
 import pytest
 
-from orchestration.spec import load_spec, smoke_spec
+from orchestration.sweep.spec import load_spec, smoke_spec
 
 from .helpers import REPO, cli, ray_env, runs
 

@@ -3,8 +3,8 @@ import pytest
 
 from ieskips.config import TrialConfig
 from ieskips.attacks.cost import SURVIVING, attack_passes
-from orchestration.plan import calibrate, costs_at_rate, method_passes, phases, plan, trial_seconds
-from orchestration.spec import load_spec, smoke_spec
+from orchestration.sweep.plan import calibrate, costs_at_rate, method_passes, phases, plan, trial_seconds
+from orchestration.sweep.spec import load_spec, smoke_spec
 
 from .helpers import REPO
 
@@ -35,7 +35,7 @@ def test_a_trial_is_counted_phase_by_phase():
 def test_a_calibration_times_each_attack_at_the_trials_batch_size_and_scales_it(monkeypatch):
     """What is timed and how it is scaled (a fixed clock: timings themselves are the benchmark's,
     benchmarks/plan_accuracy.py)."""
-    import orchestration.plan as plan_module
+    import orchestration.sweep.plan as plan_module
 
     timed = []
 

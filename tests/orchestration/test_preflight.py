@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ieskips.errors import ConfigError
-from orchestration import preflight
-from orchestration.spec import parse_spec
+from orchestration.sweep import preflight
+from orchestration.sweep.spec import parse_spec
 
 from .helpers import REPO, ray_env
 from .test_cli_train import not_checkpoints

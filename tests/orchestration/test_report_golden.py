@@ -4,8 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from orchestration.report import write_report
-from orchestration.spec import parse_spec
+from orchestration.reports.tables import write_report
+from orchestration.sweep.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration.results import IMPORTED_TAG, PARTIAL_TAG, export_sweep, import_bundle, local_key, read_bundle, sha256
+from orchestration.records.bundle import IMPORTED_TAG, PARTIAL_TAG, export_sweep, import_bundle, local_key, read_bundle, sha256
 
 from .helpers import REPO, MlflowServer, cli, ray_env, runs, write_spec
 
@@ -27,7 +27,7 @@ def finish(proc, timeout=600):
 def _snapshot(uri: str, folder: Path) -> dict:
     """Everything a run holds, by origin id: info, params, tags, metric histories, the logged model,
     the stored model's bytes, the per-example results."""
-    from orchestration.run_artifacts import MODEL_ARTIFACT, stored_results
+    from orchestration.records.run_artifacts import MODEL_ARTIFACT, stored_results
 
     client, parents, trials = runs(uri, EXPERIMENT)
     out = {}
@@ -104,8 +104,8 @@ def test_import_recreates_every_run_and_a_second_import_creates_nothing(source, 
     assert len(parents) == 1 and {r.info.run_id for r in trials} >= set(imported.trials)
     assert len(trials) == len({r.data.tags["ieskips.identity"] for r in trials})  # one run per identity
 
-    from orchestration.report import write_report
-    from orchestration.sweep_commands import sweep_spec
+    from orchestration.reports.tables import write_report
+    from orchestration.commands.sweep import sweep_spec
 
     spec = sweep_spec("carry", False, str(imported.folder / "ray_results"))  # the name works after an import
     assert spec == read_bundle(source.bundle).spec
@@ -135,7 +135,7 @@ def test_sweep_run_on_the_imported_store_runs_only_the_missing_trials(source, im
 def test_evaluate_by_name_attacks_the_imported_models_and_writes_back(imported):
     from mlflow.tracking import MlflowClient
 
-    from orchestration.run_artifacts import stored_labels
+    from orchestration.records.run_artifacts import stored_labels
 
     attack = "{name: fgsm, eps: 0.05, label: fgsm005}"
     code, out = finish(cli("evaluate", "--sweep", "carry", "--attack", attack, cwd=imported.folder, env=imported.env))
@@ -237,7 +237,7 @@ def test_export_of_a_sweep_with_no_runs_or_into_another_sweeps_bundle_is_refused
 def test_a_run_an_interrupted_import_left_half_written_is_made_again(source, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import connect
+    from orchestration.records.tracking import connect
 
     monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts go to ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -257,7 +257,7 @@ def test_a_run_an_interrupted_import_left_half_written_is_made_again(source, tmp
 def test_a_bundle_goes_through_an_mlflow_server_unchanged(source, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import connect
+    from orchestration.records.tracking import connect
 
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.spec import check_cluster_storage, load_spec, parse_spec, smoke_spec
+from orchestration.sweep.spec import check_cluster_storage, load_spec, parse_spec, smoke_spec
 from ieskips.errors import ConfigError
 
 from .helpers import REPO, ray_env

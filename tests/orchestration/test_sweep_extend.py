@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from ieskips.config import TrialConfig
-from orchestration.identity import SCHEME, identity, naming, pending, run_name, trial_config
-from orchestration.spec import parse_spec
+from orchestration.sweep.identity import SCHEME, identity, naming, pending, run_name, trial_config
+from orchestration.sweep.spec import parse_spec
 
 from .helpers import REPO, cli, ray_env, runs, wait_for, write_spec
 
@@ -52,7 +52,7 @@ def test_trial_config_defaults_are_pinned_for_the_identity_scheme():
     defaults = TrialConfig.model_construct().to_dict()
     changed = {k: (v, defaults.get(k)) for k, v in PINNED_DEFAULTS.items() if defaults.get(k, "<gone>") != v}
     assert not changed, (f"TrialConfig defaults changed {changed}: identities leave defaults out, so bump "
-                         f"orchestration.identity.SCHEME (now {SCHEME}; every trial reruns) or keep the default")
+                         f"orchestration.sweep.identity.SCHEME (now {SCHEME}; every trial reruns) or keep the default")
 
 
 @pytest.mark.unit
@@ -105,8 +105,8 @@ def test_pending_search_hands_known_results_and_counts_new_samples():
 def test_the_searcher_gets_known_results_and_never_hands_out_a_complete_identity():
     from ray.tune.search import Searcher
 
-    from orchestration.budget import Ledger
-    from orchestration.tuner import searcher_for
+    from orchestration.sweep.budget import Ledger
+    from orchestration.sweep.tuner import searcher_for
 
     spec = parse_spec({**_smoke(), "grid": {"ie_steps": [1], "method": ["natural"]}, "search": {
         "samples": 3, "metric": "natural_acc", "params": {"ie_step_size": {"type": "choice", "values": [0.05, 0.1]}}}})

@@ -1,6 +1,5 @@
 """The trainer: every method, exact resume, divergence, bad configs."""
 import pytest
-import torch
 
 from ieskips.config import TrialConfig, load_config
 from ieskips.errors import ConfigError

@@ -18,7 +18,7 @@ import yaml
 
 from ieskips.errors import ConfigError
 
-from .spec import SweepSpec, parse_spec
+from ..sweep.spec import SweepSpec, parse_spec
 
 OVERRIDES_TAG = "ieskips.overrides"
 # Threads per trial under --local, and the memory format, from benchmarks/cpu_paths.py on this kind of
@@ -109,7 +109,7 @@ def _assign(values: dict, key: str, value) -> None:
 
 
 def _changes_identity(spec: SweepSpec, key: str, value) -> bool:
-    from .identity import identity, trial_config
+    from ..sweep.identity import identity, trial_config
 
     values = spec.model_dump(mode="json")
     _assign(values, key, value)

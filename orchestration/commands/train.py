@@ -1,8 +1,7 @@
-"""What each ``ieskips`` sub-command does (``cli.py`` parses, this runs)."""
+"""``ieskips train`` and ``ieskips evaluate``: one trial trained as an MLflow run, stored models attacked."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import yaml
@@ -13,10 +12,10 @@ from ieskips.errors import ConfigError
 from ieskips.stored import diagnose_stored, evaluate_stored
 from ieskips.training import Trial, TrainingDiverged, resolve_device, train as train_trial
 
-from .evaluation_job import check_specs, evaluate_run, finished_runs, new_job, plan, run_on_ray
-from .lease import hold_runs
-from .run_artifacts import store_model, store_results, stored_model
-from .tracking import check_reachable, connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
+from ..sweep.evaluation_job import check_specs, evaluate_run, finished_runs, new_job, plan, run_on_ray
+from ..sweep.lease import hold_runs
+from ..records.run_artifacts import store_model, store_results, stored_model
+from ..records.tracking import check_reachable, connect, flat_params, log_config_artifact, resolve_tracking_uri, run_tags
 
 log = logging.getLogger("ieskips")
 
@@ -147,7 +146,7 @@ def _evaluate_sweep(args, specs) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from .sweep_commands import sweep_spec
+    from .sweep import sweep_spec
 
     spec = sweep_spec(args.sweep, args.smoke, args.storage, args.sets, args.local)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
@@ -165,7 +164,7 @@ def _evaluate_sweep(args, specs) -> int:
 
 
 def _evaluate_on_ray(args, spec, uri: str, work: list, job: str) -> int:
-    from .sweep_commands import connect_ray
+    from .sweep import connect_ray
 
     connect_ray(args.address)
     failed, rows, meanwhile = 0, [], 0
@@ -219,52 +218,6 @@ def _attack_spec(text: str) -> dict:
     return spec
 
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
-DEMO_FILE, SMOKE_FILE = SWEEPS / "demo.yaml", SWEEPS / "smoke.yaml"
-
-
-def demo_file() -> Path:
-    """The demo's sweep: the miniature of Table 1 on real MNIST (fetched into the default root when
-    absent); where no route to MNIST exists, one line saying so, and the digits smoke sweep."""
-    from ieskips.data import default_root, mnist
-
-    try:
-        mnist.fetch(default_root(), progress=True)
-    except ConfigError as err:
-        print(f"ieskips demo: no MNIST here ({err}); running the digits smoke sweep ({SMOKE_FILE.name}) instead",
-              file=sys.stderr, flush=True)
-        return SMOKE_FILE
-    return DEMO_FILE
-
-
-def demo(args) -> int:
-    """The product's main job on the embedded default: a miniature of Table 1 (vanilla vs IE-ResNet-1-18,
-    natural training, real MNIST; ``sweeps/demo.yaml``), else the digits smoke sweep, on a local Ray with
-    SQLite MLflow in this directory, then its report; prints the table (the paper's numbers beside ours),
-    where the files are, and how to open the MLflow UI. Run again, it runs nothing new (every trial is
-    complete) and reports again."""
-    import argparse
-
-    from . import sweep_commands
-    from .report import write_report
-    from .spec import load_spec
-
-    path = Path(args.spec) if args.spec else demo_file()
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist; pass --spec sweeps/demo.yaml from the repository")
-    spec = load_spec(path)
-    code = sweep_commands.run(argparse.Namespace(spec=str(path), smoke=False, address=None, autoscaling=False))
-    uri = resolve_tracking_uri(spec.tracking_uri)
-    files = write_report(spec, uri, Path(args.out))
-    print("\n" + files[0].read_text())
-    print(f"report files: {', '.join(str(f) for f in files)}")
-    mlflow = Path(sys.executable).parent / "mlflow"
-    ui = f"{mlflow} ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    print(f"runs: MLflow experiment {spec.experiment!r} at {uri}; to browse them: {ui} "
-          "(then http://127.0.0.1:5000)")
-    return code
-
-
 DIAGNOSTICS_COLUMNS = ("final/diag/stable_frac/all", "final/diag/residual/mean", "final/diag/stage_gain/mean")
 
 
@@ -277,15 +230,3 @@ def _table(rows) -> str:
                                       for k in keys)
     lines = [head] + [f"{name:<16}" + "".join(f"{r.get(k, float('nan')):>22.4f}" for k in keys) for name, r in rows]
     return "\n".join(lines)
-
-
-def report(args) -> int:
-    """The sweep's tables and figures: SWEEP is a sweep file or the name of a sweep that ran here."""
-    from .report import write_report
-    from .sweep_commands import sweep_spec
-
-    spec = sweep_spec(args.sweep, args.smoke, args.storage, args.sets, args.local)
-    uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
-    for path in write_report(spec, uri, Path(args.out)):
-        print(path)
-    return 0

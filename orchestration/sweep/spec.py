@@ -101,7 +101,7 @@ class ReportRow(_Strict):
 
 
 class Claim(_Strict):
-    """What the paper says one row does better than another; orchestration/claims.py checks it."""
+    """What the paper says one row does better than another; orchestration/reports/claims.py checks it."""
     statement: str = Field(min_length=1)  # the paper's claim in a sentence, with its section: "... (§5.2, Table 1)"
     row: str  # the row the paper says wins, e.g. "IE-ResNet-1-18"
     beats: str  # the row it wins against, e.g. "ResNet-18"

@@ -31,8 +31,8 @@ from ieskips.errors import ConfigError
 from ieskips.stored import diagnose_stored, evaluate_stored
 from ieskips.training import cap_gpu_memory
 
-from .manifest import git_state
-from .run_artifacts import find_oracle, oracle_specs, resolve_oracles, stored_labels, stored_model, stored_results, \
+from ..records.manifest import git_state
+from ..records.run_artifacts import find_oracle, oracle_specs, resolve_oracles, stored_labels, stored_model, stored_results, \
     store_results
 
 EVAL_TAG, NODES_TAG, DIAGNOSTICS = "ieskips.eval.", "ieskips.eval_nodes", "diagnostics"
@@ -208,7 +208,7 @@ def _settings(spec: dict) -> dict:
 
 
 def finished_runs(client, experiment_id: str, sweep: str, match: dict) -> list:
-    from .tracking import EARLY_STOP_TAG, sweep_trial_runs
+    from ..records.tracking import EARLY_STOP_TAG, sweep_trial_runs
 
     runs = [r for r in sweep_trial_runs(client, experiment_id, sweep)
             if r.info.status == "FINISHED" and r.data.tags.get(EARLY_STOP_TAG) != "true"

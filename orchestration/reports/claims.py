@@ -19,7 +19,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .spec import Claim, Report
+from ..sweep.spec import Claim, Report
 
 SUPPORTED, NOT_SHOWN, REVERSED = "supported", "not shown", "reversed"
 TITLE = "The paper's claims, checked (row minus baseline, points; seed-paired, 95% t interval)"

@@ -300,7 +300,7 @@ def hold(leases: list[Lease], on_lost=_stop_main) -> Holding:
 def sweep_parent(client, experiment_id: str, sweep: str, tags: dict) -> str:
     """The sweep's parent run, created if the sweep is new (its status left alone). Two drivers that
     create it at once keep the earliest created; see the module's docstring."""
-    from .tracking import ROLE_TAG, SWEEP_TAG, find_parent_run
+    from ..records.tracking import ROLE_TAG, SWEEP_TAG, find_parent_run
 
     found = find_parent_run(client, experiment_id, sweep)
     if found is not None:
@@ -317,7 +317,7 @@ def hold_sweep(spec, tracking_uri: str, parent_id: str | None = None) -> Holding
     """The lease of the sweep's parent run (created first for a new sweep), held from here on."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import connect
+    from ..records.tracking import connect
 
     if parent_id is None:
         experiment_id = connect(tracking_uri, spec.experiment)

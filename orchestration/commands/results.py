@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ieskips.errors import ConfigError
 
-from .tracking import check_reachable, connect, resolve_tracking_uri
+from ..records.tracking import check_reachable, connect, resolve_tracking_uri
 
 
 def main(args) -> int:
@@ -17,8 +17,8 @@ def main(args) -> int:
 def export(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from .results import export_sweep
-    from .sweep_commands import sweep_spec
+    from ..records.bundle import export_sweep
+    from .sweep import sweep_spec
 
     spec = sweep_spec(args.sweep, args.smoke, args.storage)
     uri = resolve_tracking_uri(args.tracking_uri or spec.tracking_uri)
@@ -43,7 +43,7 @@ def import_(args) -> int:
     spec under ``--storage`` so that commands given the sweep's name find it."""
     from mlflow.tracking import MlflowClient
 
-    from .results import import_bundle, read_bundle
+    from ..records.bundle import import_bundle, read_bundle
 
     bundle = read_bundle(Path(args.dir))  # a bad bundle stops here: nothing written yet
     spec = bundle.spec
@@ -60,7 +60,7 @@ def import_(args) -> int:
 def _remember(spec, uri: str, experiment_id: str, parent_id: str, storage: str | None) -> str:
     """Write the sweep's spec where ``report NAME``, ``evaluate --sweep NAME`` and ``sweep status NAME``
     look (``<storage>/<name>/``), unless a sweep of that name is already there (a sweep run here)."""
-    from .tuner import SPEC_FILE, STATE_FILE, sweep_dir
+    from ..sweep.tuner import SPEC_FILE, STATE_FILE, sweep_dir
 
     where = sweep_dir(spec.name, storage)
     if "://" in where:

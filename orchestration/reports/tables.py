@@ -4,7 +4,7 @@ published numbers, with every cell traced to its run ids.
 Values are percentages: mean ± std over seeds with n shown; a row with no run is "missing", one whose
 runs all failed is "failed", never a zero. Beyond the paper: the worst case over every attack a run
 faced, the IE-vs-vanilla gap with a 95% confidence interval over seed-paired differences, and the
-paper's claims checked (orchestration/claims.py).
+paper's claims checked (orchestration/reports/claims.py).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pandas as pd
 from ieskips.errors import ConfigError
 
 from . import claims
-from .spec import Report, ReportColumn, SweepSpec
-from .tracking import TRIAL_TAG, find_parent_run, sweep_trial_runs
+from ..sweep.spec import Report, ReportColumn, SweepSpec
+from ..records.tracking import TRIAL_TAG, find_parent_run, sweep_trial_runs
 
 # Beyond the paper: per example, the worst over every attack the run faced.
 WORST = ReportColumn(label="Worst case, all attacks (%)", metric="final/robust_acc/worst")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("ieskips", "torch", "torchvision", "numpy", "ray", "mlflow", "optuna", "pandas", "pydantic")
-SOURCE = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).resolve().parents[2]  # the repository
 
 
 def git_state(path: Path = SOURCE) -> dict:

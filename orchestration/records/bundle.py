@@ -40,10 +40,10 @@ from ieskips import __version__
 from ieskips.config import TrialConfig
 from ieskips.errors import ConfigError
 
-from .identity import IDENTITY_TAG, complete
-from .lease import LEASE_TAG
+from ..sweep.identity import IDENTITY_TAG, complete
+from ..sweep.lease import LEASE_TAG
 from .run_artifacts import MODEL_ARTIFACT, RESULTS_DIR, _register
-from .spec import SweepSpec, parse_spec
+from ..sweep.spec import SweepSpec, parse_spec
 from .tracking import ROLE_TAG, SWEEP_TAG, find_parent_run, sweep_trial_runs
 
 FORMAT, VERSION = "ieskips-results", 1
@@ -294,7 +294,7 @@ def _check_artifacts(record: RunRecord) -> None:
 def import_bundle(client, bundle: Bundle, experiment_id: str) -> dict:
     """Recreate the bundle's runs in ``experiment_id``; what already is there (same origin, or a complete
     run of the same identity) is skipped. A run an interrupted import left half-written is made again."""
-    from .budget import log_sweep_total
+    from ..sweep.budget import log_sweep_total
 
     name = bundle.spec.name
     there = sweep_trial_runs(client, experiment_id, name)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ieskips.errors import ConfigError
 
-from .lease import hold_sweep
-from .spec import check_cluster_storage, load_spec, smoke_spec
-from .tracking import resolve_tracking_uri
+from ..sweep.lease import hold_sweep
+from ..sweep.spec import check_cluster_storage, load_spec, smoke_spec
+from ..records.tracking import resolve_tracking_uri
 
 
 def connect_ray(address: str | None):
@@ -37,7 +37,7 @@ def sweep_spec(name_or_file: str, smoke: bool, storage: str | None, sets=(), loc
 
 
 def adapted_spec(name_or_file: str, smoke: bool, storage: str | None, sets=(), local: bool = False):
-    from .tuner import load_state
+    from ..sweep.tuner import load_state
 
     if Path(name_or_file).is_file():
         spec = load_spec(name_or_file)
@@ -69,8 +69,8 @@ def check_oracles(spec, tracking_uri: str) -> None:
     """Every transfer source that names another sweep's run is there, for every trial's seed."""
     from mlflow.tracking import MlflowClient
 
-    from .run_artifacts import find_oracle, oracle_specs
-    from .tracking import check_reachable
+    from ..records.run_artifacts import find_oracle, oracle_specs
+    from ..records.tracking import check_reachable
 
     configs = [(c, oracle_specs(c.eval_attacks)) for c in spec.trial_configs()]
     if not any(named for _, named in configs):
@@ -88,7 +88,7 @@ def existing_runs(spec, tracking_uri: str) -> list:
     """The sweep's trial runs so far (none for a new sweep); reads only, creates nothing."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import check_reachable, sweep_trial_runs
+    from ..records.tracking import check_reachable, sweep_trial_runs
 
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -101,7 +101,7 @@ def existing_runs(spec, tracking_uri: str) -> list:
 
 
 def run(args) -> int:
-    from . import preflight
+    from ..sweep import preflight
 
     adapted = adapted_spec(args.spec, args.smoke, None, getattr(args, "sets", ()), getattr(args, "local", False))
     spec = adapted.spec
@@ -116,8 +116,8 @@ def run(args) -> int:
 
 def _launch(args, adapted, tracking_uri: str, lease) -> int:
     """The trials the sweep lacks, run under the sweep's lease."""
-    from . import tuner
-    from .identity import pending
+    from ..sweep import tuner
+    from ..sweep.identity import pending
 
     spec = adapted.spec
     runs = existing_runs(spec, tracking_uri)
@@ -171,7 +171,7 @@ def _budget(ledger) -> str:
 def resume(args) -> int:
     from ray import tune
 
-    from . import tuner
+    from ..sweep import tuner
 
     spec, tracking, path = _named(args)
     if not tune.Tuner.can_restore(path):
@@ -188,9 +188,9 @@ def resume(args) -> int:
 
 def status(args) -> int:
     """Trials by state, each with its identity, the time it used and the time it has left."""
-    from . import tuner
-    from .budget import hours, time_left
-    from .identity import IDENTITY_TAG, complete, pending, trial_config
+    from ..sweep import tuner
+    from ..sweep.budget import hours, time_left
+    from ..sweep.identity import IDENTITY_TAG, complete, pending, trial_config
 
     spec, tracking, _ = _named(args)
     runs = existing_runs(spec, tracking["tracking_uri"])
@@ -226,7 +226,7 @@ def status(args) -> int:
 def _named(args) -> tuple:
     """A sweep run here, by name: its saved spec adapted by ``--set``/``--local`` (a new place, new
     resources: the tracking store stays the one it ran against), its tracking info, its latest launch."""
-    from . import tuner
+    from ..sweep import tuner
 
     sets = getattr(args, "sets", ())
     spec, tracking, path = tuner.load_state(args.name, args.storage or _storage_of(sets))
@@ -242,7 +242,7 @@ def _state(run) -> str:
 
 def _summarise(spec, tracking: dict, planned: int | None) -> int:
     """One line per trial run of this launch (failures with their cause), then the sweep's totals."""
-    from . import tuner
+    from ..sweep import tuner
 
     summary = tuner.finish(spec, tracking)
     metric, _ = spec.metric
@@ -270,7 +270,7 @@ def plan(args) -> int:
     from ieskips.errors import check_range
     from ieskips.training import resolve_device
 
-    from .plan import lines, plan as estimate
+    from ..sweep.plan import lines, plan as estimate
 
     spec = adapted_spec(args.spec, args.smoke, None, getattr(args, "sets", ()), getattr(args, "local", False)).spec
     if args.images_per_sec is not None:

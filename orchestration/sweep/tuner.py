@@ -24,7 +24,7 @@ from ieskips.errors import ConfigError
 from .budget import Ledger, log_sweep_total, run_hours
 from .identity import TrialNamer, identity, naming, trial_config, trial_dirname
 from .spec import SweepSpec, parse_spec
-from .tracking import ERROR_TAG, close_trial_run, connect, one_line, sweep_parent_run, sweep_trial_runs
+from ..records.tracking import ERROR_TAG, close_trial_run, connect, one_line, sweep_parent_run, sweep_trial_runs
 from .trainable import run_trial
 
 log = logging.getLogger("ieskips")

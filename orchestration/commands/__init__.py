@@ -1,0 +1,1 @@
+"""The command line: what each ``ieskips`` sub-command does (``cli.py`` parses)."""

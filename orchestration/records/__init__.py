@@ -1,0 +1,1 @@
+"""What runs keep: the tracking store, the stored models and per-example results, the manifests, the bundles that carry them between stores."""

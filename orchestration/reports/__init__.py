@@ -1,0 +1,1 @@
+"""The paper's tables regenerated from the runs, and its claims checked."""
