@@ -17,7 +17,7 @@ def main(args) -> int:
 def export(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from ..records.bundle import export_sweep
+    from ..records.bundle_export import export_sweep
     from .sweep import sweep_spec
 
     spec = sweep_spec(args.sweep, args.smoke, args.storage)

@@ -251,16 +251,18 @@ def _summarise(spec, tracking: dict, planned: int | None) -> int:
         shown = "" if value is None else f"  {metric}={value:.4f}"
         cause = summary["causes"].get(run.info.run_id)
         print(f"{_state(run):<10}{run.info.run_name}{shown}" + (f"  cause: {cause}" if cause else ""))
-    ran, failed = len(summary["runs"]), len(summary["failed"])
+    ran, killed = len(summary["runs"]), sum(r.info.status == "KILLED" for r in summary["failed"])
+    stopped = f", {killed} stopped before the end (run the file again to continue them)" if killed else ""
     totals = summary["totals"]
-    print(f"sweep {spec.name}: {ran} trials run, {failed} failed; the sweep has used "
-          f"{totals['cost/cpu_hours']:.4g} cpu-hours, {totals['cost/gpu_hours']:.4g} gpu-hours")
+    print(f"sweep {spec.name}: {ran} trials run, {len(summary['failed']) - killed} failed{stopped}; the sweep has "
+          f"used {totals['cost/cpu_hours']:.4g} cpu-hours, {totals['cost/gpu_hours']:.4g} gpu-hours")
     if planned is not None and planned > ran:
+        todo = "raise the budget and `ieskips sweep run` the file again" if spec.budget else \
+            "`ieskips sweep run` the file again"
         reason = f"the budget ({spec.budget.hours:g} {spec.budget.kind}-hours) would be exceeded" if spec.budget \
             else "the sweep ended first"
-        print(f"sweep {spec.name}: {planned - ran} trials not started: {reason}; raise the budget and "
-              f"`ieskips sweep run` the file again to run them")
-    return 1 if failed else 0
+        print(f"sweep {spec.name}: {planned - ran} trials not started: {reason}; {todo} to run them")
+    return 1 if summary["failed"] else 0
 
 
 def plan(args) -> int:

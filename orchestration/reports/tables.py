@@ -2,9 +2,9 @@
 published numbers, with every cell traced to its run ids.
 
 Values are percentages: mean ± std over seeds with n shown; a row with no run is "missing", one whose
-runs all failed is "failed", never a zero. Beyond the paper: the worst case over every attack a run
-faced, the IE-vs-vanilla gap with a 95% confidence interval over seed-paired differences, and the
-paper's claims checked (orchestration/reports/claims.py).
+runs all failed is "failed", one whose runs have not finished yet is "unfinished", never a zero.
+Beyond the paper: the worst case over every attack a run faced, the IE-vs-vanilla gap with a 95%
+confidence interval over seed-paired differences, and the paper's claims checked (orchestration/reports/claims.py).
 """
 from __future__ import annotations
 
@@ -84,6 +84,9 @@ def _groups(runs: pd.DataFrame, report: Report, row):
     return [(f"{row.label}, {report.x}={v}", members[members[key] == v]) for v in values]
 
 
+UNFINISHED = ("RUNNING", "SCHEDULED", "KILLED")
+
+
 def _state(members, good, values) -> str:
     if members.empty:
         return "missing"
@@ -91,6 +94,8 @@ def _state(members, good, values) -> str:
         return "ok"
     if good.empty and members["stopped_early"].any():
         return "stopped early"
+    if good.empty and members["status"].isin(UNFINISHED).any():
+        return "unfinished"  # still running, or stopped before its end (a sweep run again continues it)
     return "failed" if good.empty else "no metric"
 
 

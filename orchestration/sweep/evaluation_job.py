@@ -32,8 +32,8 @@ from ieskips.stored import diagnose_stored, evaluate_stored
 from ieskips.training import cap_gpu_memory
 
 from ..records.manifest import git_state
-from ..records.run_artifacts import find_oracle, oracle_specs, resolve_oracles, stored_labels, stored_model, stored_results, \
-    store_results
+from ..records.run_artifacts import (find_oracle, oracle_specs, resolve_oracles, store_results, stored_labels,
+                                     stored_model, stored_results)
 
 EVAL_TAG, NODES_TAG, DIAGNOSTICS = "ieskips.eval.", "ieskips.eval_nodes", "diagnostics"
 WORST = "robust_acc/worst"

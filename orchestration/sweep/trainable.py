@@ -32,8 +32,9 @@ from .budget import WALL, cost, log_cost
 from .identity import LAUNCH_TAG, POINT_TAG, complete, identity, run_name, trial_config
 from ..records.manifest import manifest
 from ..records.run_artifacts import resolve_oracles, store_model, store_results
-from ..records.tracking import (ERROR_TAG, SystemMetrics, find_trial_run, flat_params, last_logged_epoch, log_datasets,
-                       log_epoch, run_tags, trial_run)
+from ..records.system_metrics import SystemMetrics
+from ..records.tracking import (ERROR_TAG, find_trial_run, flat_params, last_logged_epoch, log_datasets, log_epoch,
+                                run_tags, trial_run)
 
 NOT_RETRYABLE = (ConfigError, ImportError, TrainingDiverged)
 

@@ -15,13 +15,25 @@ SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
-    return tmp_path_factory.mktemp("campaign"), ray_env()
+    """One folder and one single-node Ray (2 CPUs) for every file's sweep: each `sweep run` joins it
+    (`--address`) instead of starting a Ray of its own, which costs as much as a smoke trial."""
+    from ray.cluster_utils import Cluster
+
+    env = ray_env()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})
+        try:
+            yield tmp_path_factory.mktemp("campaign"), env, cluster.address
+        finally:
+            cluster.shutdown()
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_smoke_run_and_report(path, campaign):
-    tmp_path, env = campaign
-    proc = cli("sweep", "run", str(path), "--smoke", cwd=tmp_path, env=env)
+    tmp_path, env, address = campaign
+    proc = cli("sweep", "run", str(path), "--smoke", "--address", address, cwd=tmp_path, env=env)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     spec = smoke_spec(load_spec(path))

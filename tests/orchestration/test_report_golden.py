@@ -10,7 +10,7 @@ from orchestration.sweep.spec import parse_spec
 pytestmark = pytest.mark.unit
 
 SPEC = {
-    "name": "golden", "experiment": "golden-exp", "grid": {"ie_steps": [0, 1, 3, 5], "seed": [0, 1, 2]},
+    "name": "golden", "experiment": "golden-exp", "grid": {"ie_steps": [0, 1, 2, 3, 5], "seed": [0, 1, 2]},
     "report": {
         "title": "Table 1: MNIST, natural training, FGSM 0.15",
         "rows": [
@@ -18,6 +18,7 @@ SPEC = {
             {"label": "IE-ResNet-1-18", "match": {"ie_steps": 1}, "published": [99.32, 91.36], "baseline": "ResNet-18"},
             {"label": "IE-ResNet-3-18", "match": {"ie_steps": 3}, "published": [99.38, 92.27], "baseline": "ResNet-18"},
             {"label": "IE-ResNet-5-18", "match": {"ie_steps": 5}},
+            {"label": "IE-ResNet-2-18", "match": {"ie_steps": 2}},
         ],
         "columns": [{"label": "Natural Acc (%)", "metric": "final/natural_acc"},
                     {"label": "Robust Acc (%)", "metric": "final/robust_acc/fgsm"}],
@@ -26,7 +27,7 @@ SPEC = {
 # (ie_steps, seed, status, natural, fgsm, worst)
 RUNS = [(0, 0, "FINISHED", .90, .50, .40), (0, 1, "FINISHED", .92, .52, .42), (0, 2, "FINISHED", .94, .54, .44),
         (1, 0, "FINISHED", .91, .55, .45), (1, 1, "FINISHED", .93, .59, .47), (1, 2, "FAILED", None, None, None),
-        (3, 0, "FAILED", None, None, None)]
+        (3, 0, "FAILED", None, None, None), (2, 0, "RUNNING", None, None, None), (2, 1, "KILLED", None, None, None)]
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def store(tmp_path):
                             ("final/robust_acc/worst", worst)):
             if value is not None:
                 client.log_metric(run, name, value, step=2)
-        client.set_terminated(run, status)
+        if status != "RUNNING":
+            client.set_terminated(run, status)
     return uri, client, parent
 
 
@@ -56,14 +58,15 @@ def test_golden_table(store, tmp_path):
     files = write_report(parse_spec(SPEC), uri, tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "golden.csv", index_col=0, keep_default_na=False)
     expected = pd.DataFrame({
-        "Natural Acc (%) ours": ["92.00 ± 2.00 (n=3)", "92.00 ± 1.41 (n=2)", "failed", "missing"],
-        "Natural Acc (%) paper": ["99.41", "99.32", "99.38", "—"],
-        "Natural Acc (%) Δ": ["-7.41", "-7.32", "—", "—"],
-        "Robust Acc (%) ours": ["52.00 ± 2.00 (n=3)", "57.00 ± 2.83 (n=2)", "failed", "missing"],
-        "Robust Acc (%) paper": ["88.45", "91.36", "92.27", "—"],
-        "Robust Acc (%) Δ": ["-36.45", "-34.36", "—", "—"],
-        "Worst case, all attacks (%) ours": ["42.00 ± 2.00 (n=3)", "46.00 ± 1.41 (n=2)", "failed", "missing"],
-    }, index=pd.Index(["ResNet-18", "IE-ResNet-1-18", "IE-ResNet-3-18", "IE-ResNet-5-18"], name="Model"))
+        "Natural Acc (%) ours": ["92.00 ± 2.00 (n=3)", "92.00 ± 1.41 (n=2)", "failed", "missing", "unfinished"],
+        "Natural Acc (%) paper": ["99.41", "99.32", "99.38", "—", "—"],
+        "Natural Acc (%) Δ": ["-7.41", "-7.32", "—", "—", "—"],
+        "Robust Acc (%) ours": ["52.00 ± 2.00 (n=3)", "57.00 ± 2.83 (n=2)", "failed", "missing", "unfinished"],
+        "Robust Acc (%) paper": ["88.45", "91.36", "92.27", "—", "—"],
+        "Robust Acc (%) Δ": ["-36.45", "-34.36", "—", "—", "—"],
+        "Worst case, all attacks (%) ours": ["42.00 ± 2.00 (n=3)", "46.00 ± 1.41 (n=2)", "failed", "missing", "unfinished"],
+    }, index=pd.Index(["ResNet-18", "IE-ResNet-1-18", "IE-ResNet-3-18", "IE-ResNet-5-18",
+                    "IE-ResNet-2-18"], name="Model"))  # 2: one run running, one stopped before its end
     pd.testing.assert_frame_equal(table, expected)
 
     provenance = pd.read_csv(tmp_path / "out" / "golden_provenance.csv", keep_default_na=False)

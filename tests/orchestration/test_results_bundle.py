@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from ieskips.errors import ConfigError
-from orchestration.records.bundle import IMPORTED_TAG, PARTIAL_TAG, export_sweep, import_bundle, local_key, read_bundle, sha256
+from orchestration.records.bundle import IMPORTED_TAG, PARTIAL_TAG, import_bundle, local_key, read_bundle, sha256
+from orchestration.records.bundle_export import export_sweep
 
 from .helpers import REPO, MlflowServer, cli, ray_env, runs, write_spec
 
