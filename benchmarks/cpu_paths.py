@@ -25,161 +25,43 @@ unrolled mode (a cold compile takes minutes per model here).
 The machine is shared: every comparison is interleaved (A B A B ...) and medians are reported; the
 load average is printed at the start and the end. JSON: benchmarks/results/cpu_paths[_quick].json.
 
+The units of work are in cpu_paths_work.py, section 4 in cpu_paths_compile.py.
+
     python benchmarks/cpu_paths.py [--quick] [--rounds 7] [--compile-budget 330] [--sections 1234]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import multiprocessing
 import os
 import platform
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import yaml
 
-from ieskips.attacks import build_attack
 from ieskips.config import TrialConfig
-from ieskips.training import model_for
 
-SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "table1.yaml"
-MODELS = {"vanilla": 0, "ie1": 1, "ie3": 3}  # Table 1's rows: ie_steps
+from cpu_paths_compile import measure_compile
+from cpu_paths_work import MODELS, SWEEP, Workers, round_robin, table1_config
+
 TRAIN_IMAGES, TEST_IMAGES = 60000, 10000  # MNIST; the trial trains on 60000 - val_size
-CTX = multiprocessing.get_context("spawn")
 GAIN = 1.05  # below a 5% gain a switch is noise on this machine, not a reason
 ATTACK_BATCH = {"full": 32, "quick": 16}  # a PGD-20 unit a loaded machine finishes in seconds (the loader's: 128)
-STEADY_S, STEADY_ROUNDS = 60, 15  # a compile case's interleaved steady state: single steps, so many rounds
 # Seconds per section (1 layouts, 2 channels_last, 3 evaluation, 4 compile): rounds go on while the
 # next fits; the first always runs, so a heavily loaded machine overruns them.
 BUDGETS = {"full": (120, 45, 100, 330), "quick": (80, 15, 60, 60)}
 
 
-def table1_config(ie_steps: int, inner_grad: str | None = None) -> TrialConfig:
-    base = yaml.safe_load(SWEEP.read_text())["base"]
-    return TrialConfig.from_dict({**base, "ie_steps": ie_steps, **({"inner_grad": inner_grad} if inner_grad else {})})
-
-
-def attack_spec(config: TrialConfig, task: str) -> dict:
-    """The file's own FGSM and (model-gradient) PGD-20 specs."""
-    want = {"fgsm": ("fgsm", None), "pgd20": ("pgd", 20)}[task]
-    return next(s for s in config.eval_attacks if (s["name"], s.get("steps")) == want and "inner_grad" not in s)
-
-
-def make_work(model: str, task: str, channels_last=False, attack_batch=32, inner_grad=None, compile_mode=None):
-    """A callable doing one unit (a train step or one attacked batch); returns the images it did."""
-    config = table1_config(MODELS[model], inner_grad)
-    torch.manual_seed(0)
-    net = model_for(config)
-    x, y = torch.rand(config.batch_size, 1, 28, 28), torch.randint(0, 10, (config.batch_size,))
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if compile_mode == "aot_eager":  # AOT autograd alone: what inductor builds on, without code generation
-        torch._functorch.config.donated_buffer = False  # else its error hides the limit behind it
-        net = torch.compile(net, backend="aot_eager")
-    elif compile_mode:
-        net = torch.compile(net, **({} if compile_mode == "default" else {"mode": compile_mode}))
-    if task == "train":
-        net.train()
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
-            return len(y)
-        return step
-    net.eval()
-    attack = build_attack(attack_spec(config, task))
-    x, y = x[:attack_batch], y[:attack_batch]
-
-    def attacked():
-        adv = attack(net, x, y)
-        with torch.no_grad():
-            net(adv).argmax(1)  # scored as the evaluation does
-        return len(y)
-    return attacked
-
-
-# --- layouts: persistent spawned workers, driven in lock step ---------------------------------------
-
-def _worker(conn, threads: int):
-    """One process at ``threads`` threads for its whole life, as a trial's is (switching a process's
-    thread count back and forth would time oneDNN's re-creation of its kernels, not the layout)."""
-    torch.set_num_threads(threads)
-    works = {}
-    while (key := conn.recv()) is not None:
-        if key not in works:  # built and run once untimed (first-call allocations, kernel creation)
-            works[key] = make_work(*key)
-            works[key]()
-        conn.send("ready")
-        conn.recv()
-        cpu, start = time.process_time(), time.monotonic()  # monotonic: one clock for all processes
-        images = works[key]()
-        conn.send((start, time.monotonic(), time.process_time() - cpu, images))
-
-
-class Workers:
-    """Spawned workers by thread count, started on first use."""
-
-    def __init__(self):
-        self.pools: dict[int, list] = {}
-
-    def _conns(self, count: int, threads: int) -> list:
-        pool = self.pools.setdefault(threads, [])
-        while len(pool) < count:
-            parent, child = CTX.Pipe()
-            proc = CTX.Process(target=_worker, args=(child, threads), daemon=True)
-            proc.start()
-            pool.append((parent, proc))
-        return [conn for conn, _ in pool[:count]]
-
-    def burst(self, layout: tuple[int, int], key: tuple) -> dict:
-        """One unit of ``key`` in each of ``layout[0]`` workers at ``layout[1]`` threads, started together."""
-        conns = self._conns(*layout)
-        for c in conns:
-            c.send(key)
-        for c in conns:
-            c.recv()
-        for c in conns:
-            c.send("go")
-        done = [c.recv() for c in conns]
-        wall = max(d[1] for d in done) - min(d[0] for d in done)
-        images = sum(d[3] for d in done)
-        return {"ips": images / wall, "ips_cpu": images / max(sum(d[2] for d in done), 1e-9)}
-
-    def close(self):
-        for conn, proc in (w for pool in self.pools.values() for w in pool):
-            conn.send(None)
-            proc.join(timeout=30)
-
+# --- sections 1-3: layouts and channels_last, in the spawned workers of cpu_paths_work.py -------------
 
 def layouts(cores: int, oversubscribed: bool) -> list[tuple[int, int]]:
     between = [(cores // t, t) for t in range(2, cores) if cores % t == 0]
     out = [(1, 1), (1, cores), (cores, 1), *between]
     return out + [(cores, cores)] * oversubscribed if cores > 1 else [(1, 1)]
-
-
-def round_robin(runs: dict, max_rounds: int, budget_s: float) -> dict:
-    """runs: {name: fn() -> {metric: value}}; rounds of one call each (A B C A B C ...) while the next
-    round fits ``budget_s`` (at least one); the median of each metric and the samples."""
-    samples, start = {name: [] for name in runs}, time.monotonic()
-    for done in range(1, max_rounds + 1):
-        for name, fn in runs.items():
-            samples[name].append(fn())
-        spent = time.monotonic() - start
-        if spent * (done + 1) / done > budget_s:
-            break
-    return {name: {m: statistics.median(s[m] for s in got) for m in got[0]} | {"samples": got}
-            for name, got in samples.items()}
 
 
 def measure_layouts(workers, cores, tasks, max_rounds, budget_s, oversubscribed, attack_batch=32):
@@ -198,126 +80,6 @@ def measure_channels_last(workers, threads, max_rounds, budget_s):
             for m in MODELS for cl in (False, True)}
     got = round_robin(runs, max_rounds, budget_s)
     return {f"{m}/{'channels_last' if cl else 'contiguous'}": v for (m, cl), v in got.items()}
-
-
-# --- torch.compile: one fresh process per case, empty inductor cache ---------------------------------
-
-def _compile_case(model, inner_grad, mode, threads, conn):
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    torch.set_num_threads(threads)
-    eager = make_work(model, "train", inner_grad=inner_grad)
-    compiled = make_work(model, "train", inner_grad=inner_grad, compile_mode=mode)
-    start = time.perf_counter()
-    try:
-        compiled()
-    except Exception as err:  # noqa: BLE001 -- an unsupported mode is a result, not a crash
-        reason = f"{type(err).__name__}: " + next((ln for ln in str(err).splitlines() if ln.strip()), "")
-        conn.send({"status": "unsupported", "reason": reason[:240], "seconds_to_error": time.perf_counter() - start})
-        return
-    result = {"status": "ok", "compile_s": time.perf_counter() - start}
-    eager(), compiled()  # second calls: any recompilation after the first optimizer step happens here
-    counters = torch._dynamo.utils.counters
-    result.update(graph_breaks=sum(counters["graph_break"].values()), graphs=counters["stats"]["unique_graphs"])
-    timed = lambda fn: (lambda: _timed(fn))  # noqa: E731
-    got = round_robin({"eager": timed(eager), "compiled": timed(compiled)}, STEADY_ROUNDS, STEADY_S)
-    result.update(eager_ips=got["eager"]["ips"], compiled_ips=got["compiled"]["ips"],
-                  speedup=got["compiled"]["ips"] / got["eager"]["ips"], rounds=len(got["eager"]["samples"]),
-                  samples={k: [round(s["ips"], 1) for s in v["samples"]] for k, v in got.items()})
-    conn.send(result)
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    images = fn()
-    return {"ips": images / (time.perf_counter() - start)}
-
-
-def _descendants(pid: int) -> list[int]:
-    """Child processes of ``pid`` (inductor's compile workers), from /proc."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:  # the thread or process ended meanwhile
-            continue
-        for child in children:
-            out += [int(child), *_descendants(int(child))]
-    return out
-
-
-def run_compile_case(case: dict, threads, limit_s, cache_dir) -> dict:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # the spawned child inherits it
-    result, child = CTX.Pipe(duplex=False)
-    proc = CTX.Process(target=_compile_case, args=(case["model"], case["inner_grad"], case["mode"], threads, child))
-    proc.start()
-    child.close()  # the child's end lives in the child only: its death reads as EOF here
-    answered = False
-    try:
-        if result.poll(limit_s):
-            answered, got = True, result.recv()
-            return got
-        return {"status": "timeout", "reason": f"no result within {limit_s:.0f} s (the compile budget)"}
-    except EOFError:  # the child died without a word (killed for memory, a crash in the compiler)
-        answered = True
-        return {"status": "failed", "reason": f"the compile process ended with code {proc.exitcode}"}
-    finally:  # past the budget or interrupted: the child and its compile workers go too
-        proc.join(timeout=30 if answered else 0)
-        if proc.is_alive():
-            _kill_tree(proc.pid)
-            proc.join(timeout=30)
-
-
-def _kill_tree(pid: int) -> None:
-    for each in [*_descendants(pid), pid]:
-        try:
-            os.kill(each, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def compile_cases(quick: bool) -> list[dict]:
-    """Cheapest first: whether the unrolled mode compiles at all (checked with aot_eager, since inductor
-    differentiates through the same AOT autograd, in seconds rather than minutes), then Table 1's
-    detached models, the warm-cache rerun (what later trials on the same machine pay), the other mode."""
-    cases = [dict(model="ie1", inner_grad="unrolled", mode="aot_eager"),
-             dict(model="vanilla", inner_grad=None, mode="default"),
-             dict(model="ie1", inner_grad=None, mode="default"),
-             dict(model="ie3", inner_grad=None, mode="default"),
-             dict(model="vanilla", inner_grad=None, mode="default", warm=True),
-             dict(model="vanilla", inner_grad=None, mode="max-autotune-no-cudagraphs")]
-    return cases[:1] if quick else cases  # --quick: minutes of cold compile per model do not fit
-
-
-def measure_compile(results: dict, threads, budget_s, quick, save) -> None:
-    """Fills ``results`` case by case, calling ``save()`` after each (a long section on a shared machine)."""
-    deadline, caches = time.monotonic() + budget_s, {}
-    try:
-        _compile_cases(results, threads, deadline, quick, save, caches)
-    finally:
-        for cache in caches.values():
-            shutil.rmtree(cache, ignore_errors=True)
-
-
-def _compile_cases(results, threads, deadline, quick, save, caches):
-    for case in compile_cases(quick):
-        name = f"{case['model']}{'_unrolled' if case['inner_grad'] else ''}/{case['mode']}" + (
-            "/warm_cache" if case.get("warm") else "")
-        left = deadline - time.monotonic()
-        if left < 20:
-            results[name] = {"status": "skipped", "reason": "compile budget spent (raise --compile-budget)"}
-        else:
-            cache = caches.get(name.rsplit("/", 1)[0]) if case.get("warm") else None
-            cache = cache or caches.setdefault(name, tempfile.mkdtemp(prefix="cpu_paths_inductor_"))
-            results[name] = run_compile_case(case, threads, left, cache) | {"threads": threads}
-        print(f"  {name:<42}{_compile_line(results[name])}", flush=True)
-        save()
-
-
-def _compile_line(r: dict) -> str:
-    if r["status"] != "ok":
-        return f"{r['status']}: {r['reason']}"
-    return (f"compile {r['compile_s']:6.1f} s, {r['graphs']} graphs, {r['graph_breaks']} breaks; "
-            f"eager {r['eager_ips']:6.0f}, compiled {r['compiled_ips']:6.0f} img/s ({r['speedup']:.2f}x)")
 
 
 # --- choices from the numbers ------------------------------------------------------------------------
