@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import sys
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -167,12 +169,37 @@ class ExampleResults:
 
 
 def evaluate_examples(model: nn.Module, loader: Iterable, attacks: Mapping[str, Attack], device="cpu", *,
-                      identity: str, indices: torch.Tensor, progress: bool | None = None) -> ExampleResults:
+                      identity: str, indices: torch.Tensor, progress: bool | None = None, seed: int = 0,
+                      done: Mapping[str, torch.Tensor] | None = None,
+                      on_pass: Callable[[dict], None] | None = None) -> ExampleResults:
     """``correct_masks`` kept with the examples' indices and the test set's identity. An attack with a
-    ``subset`` (too costly for every example) runs on that fixed draw of them (``fixed_draw``)."""
+    ``subset`` (too costly for every example) runs on that fixed draw of them (``fixed_draw``).
+
+    Each attack has its own pass over the loader, its random draws seeded by ``seed`` and its label, so
+    an evaluation cut short and continued gives the same masks as one run whole: ``done`` holds the
+    masks of the passes already made (as ``on_pass`` received them after each pass), which are not
+    made again. An hour-long final evaluation then loses at most one attack's pass to a lost machine."""
     covered = {name: fixed_draw(len(indices), attack.subset) for name, attack in attacks.items()
                if getattr(attack, "subset", None) and attack.subset < len(indices)}
-    masks = correct_masks(model, loader, attacks, device, progress, covered)
+    masks = {name: mask for name, mask in (done or {}).items() if name == "natural" or name in attacks}
+    for name in ("natural", *attacks):
+        if name in masks:
+            continue
+        chosen = {name: attacks[name]} if name in attacks else {}
+        with _seeded(seed, name, torch.device(device)):
+            masks[name] = correct_masks(model, loader, chosen, device, progress, covered)[name]
+        if on_pass is not None:
+            on_pass(dict(masks))
     if len(masks["natural"]) != len(indices):
         raise ValueError(f"the loader gave {len(masks['natural'])} examples for {len(indices)} indices")
-    return ExampleResults(identity, indices.long(), masks, covered)
+    return ExampleResults(identity, indices.long(), {name: masks[name] for name in ("natural", *attacks)}, covered)
+
+
+@contextmanager
+def _seeded(seed: int, label: str, device: torch.device):
+    """The global RNG (an attack's random start draws from it) seeded by ``seed`` and ``label`` inside,
+    as it was outside."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(label.encode()))
+        yield

@@ -58,16 +58,18 @@ class Selection:
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return {"val/natural_acc": found["natural_acc"], "val/robust_acc": score}
 
-    def evaluate_selected(self, trial, progress: bool = False) -> tuple[ExampleResults, dict]:
+    def evaluate_selected(self, trial, progress: bool = False, done=None, on_pass=None) -> tuple[ExampleResults, dict]:
         """The selected weights scored on the trial's test examples with its attacks (which see the
         trial's model, so an ``explicit`` transfer follows the weights); the model's own weights are put
-        back afterwards. Returns the per-example results and the ``selected/...`` metrics."""
+        back afterwards. Returns the per-example results and the ``selected/...`` metrics. ``done`` and
+        ``on_pass``: as ``evaluate_examples``'s (a final evaluation resumed)."""
         model = trial.model
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(self.weights)
         try:
             results = evaluate_examples(model, trial.test_loader, trial.attacks, trial.device,
-                                        identity=trial.test.identity, indices=trial.test.indices, progress=progress)
+                                        identity=trial.test.identity, indices=trial.test.indices, progress=progress,
+                                        seed=trial.config.seed, done=done, on_pass=on_pass)
         finally:
             model.load_state_dict(current)
         metrics = {f"selected/{k}": v for k, v in results.accuracies().items()}

@@ -62,6 +62,8 @@ class Trial:
     diagnostics_loader: Loader | None = None  # config.diagnostics: its test examples
     selection: Selection | None = None  # config.val_size: the best checkpoint on the held-out split
     selected_results: ExampleResults | None = None  # the selected checkpoint's per-example results
+    # Once the last epoch is trained: its metrics and the final evaluation's finished passes (checkpointed).
+    final_stage: dict | None = None
 
     @classmethod
     def build(cls, config: TrialConfig, oracles: dict | None = None) -> "Trial":
@@ -103,6 +105,8 @@ class Trial:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if self.selection is not None:
             state["selection"] = self.selection.state_dict()
+        if self.final_stage is not None:
+            state["final_stage"] = self.final_stage
         return state
 
     def load_state(self, state: dict) -> None:
@@ -116,6 +120,7 @@ class Trial:
         if self.selection is not None and "selection" in state:
             self.selection.load_state_dict(state["selection"])
         self.epoch = int(state["epoch"])
+        self.final_stage = state.get("final_stage")
 
     def train_epoch(self, show: bool) -> dict:
         config, model = self.config, self.model
@@ -145,6 +150,31 @@ class Trial:
         self.epoch += 1
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr, "epoch_time": seconds,
                 "images_per_sec": seen / seconds}
+
+    def final_evaluation(self, show: bool, save: Callable[[], Path] | None = None) -> dict:
+        """The last epoch's model, and with a selection the selected checkpoint, scored on the test examples
+        with ``attacks``: the ``final/...`` and ``selected/...`` metrics; per-example results on ``results``
+        and ``selected_results``. Each finished pass is kept in ``final_stage`` and saved (``save``), so a
+        trial resumed from that checkpoint makes only the passes still missing, with the same results."""
+        stage = self.final_stage = self.final_stage or {"metrics": {}, "final": {}, "selected": {}}
+
+        def keep(part):
+            def on_pass(masks):
+                stage[part] = masks
+                if save is not None:
+                    save()
+            return on_pass
+
+        self.results = evaluate_examples(self.model, self.test_loader, self.attacks, self.device,
+                                         identity=self.test.identity, indices=self.test.indices, progress=show,
+                                         seed=self.config.seed, done=stage["final"], on_pass=keep("final"))
+        final = {f"final/{k}": v for k, v in self.results.accuracies().items()}
+        final.update({f"final/{k}": v for k, v in stage["metrics"].items() if k.startswith("diag/")})
+        if self.selection is not None:  # the selected checkpoint on the same test examples: selected/...
+            self.selected_results, selected = self.selection.evaluate_selected(self, show, stage["selected"],
+                                                                               keep("selected"))
+            final.update(selected)
+        return final
 
 
 def cap_gpu_memory(share: float) -> bool:
@@ -202,7 +232,8 @@ def source_key(source: dict) -> str:
 
 
 def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpoint_dir: str | Path | None = None,
-          resume_from: str | Path | None = None, progress: bool | None = None, trial: Trial | None = None) -> dict:
+          resume_from: str | Path | None = None, progress: bool | None = None, trial: Trial | None = None,
+          on_checkpoint: Callable[[Path], None] | None = None) -> dict:
     """Train one trial; returns the final metrics (``final/...``) on the whole (or ``test_subset``) test set,
     and with ``val_size`` those of the checkpoint selected on the held-out split (``selected/...``,
     per-example results on ``trial.selected_results``; see ``selection.py``).
@@ -212,34 +243,46 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     last epoch's metrics also hold the final ones, so a caller can report everything at once; the final
     evaluation's per-example results are then on ``trial.results`` (pass ``trial`` to keep a handle).
     ``trial`` may be built beforehand (``Trial.build(config)``) so that a caller fails on missing data
-    before it opens a run anywhere.
+    before it opens a run anywhere. With ``checkpoint_dir`` a checkpoint is written every
+    ``checkpoint_every`` epochs, after the last epoch and after each pass of the final evaluation
+    (``Trial.final_evaluation``), each then given to ``on_checkpoint``.
     """
     show = sys.stderr.isatty() if progress is None else progress
     trial = trial or Trial.build(config)
     if resume_from is not None:
         trial.load_state(load_checkpoint(resume_from))
-    final = {}
+
+    def save() -> Path | None:
+        if checkpoint_dir is None:
+            return None
+        path = save_checkpoint(trial.state(), Path(checkpoint_dir) / CHECKPOINT_NAME)
+        if on_checkpoint is not None:
+            on_checkpoint(path)
+        return path
+
     while trial.epoch < config.epochs:
-        metrics = trial.train_epoch(show)
-        metrics.update(evaluate(trial.model, trial.eval_loader, trial.monitors, trial.device, progress=False))
-        if trial.selection is not None:
-            metrics.update(trial.selection.observe(trial.model, trial.epoch))
-        if config.diagnostics:
-            metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.monitors, metrics, device=trial.device,
-                                    max_examples=None))
-        if trial.epoch == config.epochs:  # the final evaluation travels with the last epoch's report
-            trial.results = evaluate_examples(trial.model, trial.test_loader, trial.attacks, trial.device,
-                                              identity=trial.test.identity, indices=trial.test.indices,
-                                              progress=show)
-            final = {f"final/{k}": v for k, v in trial.results.accuracies().items()}
-            final.update({f"final/{k}": v for k, v in metrics.items() if k.startswith("diag/")})
-            if trial.selection is not None:  # the selected checkpoint on the same test examples: selected/...
-                trial.selected_results, selected = trial.selection.evaluate_selected(trial, show)
-                final.update(selected)
-            metrics.update(final)
-        path = None
-        if checkpoint_dir is not None and (trial.epoch % config.checkpoint_every == 0 or trial.epoch == config.epochs):
-            path = save_checkpoint(trial.state(), Path(checkpoint_dir) / CHECKPOINT_NAME)
-        if on_epoch is not None:
+        metrics = _epoch(trial, show)
+        last = trial.epoch == config.epochs  # its report waits for the final evaluation and travels with it
+        if last:
+            trial.final_stage = {"metrics": metrics, "final": {}, "selected": {}}
+        path = save() if last or trial.epoch % config.checkpoint_every == 0 else None
+        if on_epoch is not None and not last:
             on_epoch(trial.epoch, metrics, path)
+    final = trial.final_evaluation(show, save)
+    path = save()  # the finished state, even where every pass was made before a resume
+    if on_epoch is not None:
+        on_epoch(config.epochs, {**trial.final_stage["metrics"], **final}, path)
     return final
+
+
+def _epoch(trial: Trial, show: bool) -> dict:
+    """One epoch trained, then monitored on ``eval_subset`` test examples, a selection candidate and diagnosed."""
+    config = trial.config
+    metrics = trial.train_epoch(show)
+    metrics.update(evaluate(trial.model, trial.eval_loader, trial.monitors, trial.device, progress=False))
+    if trial.selection is not None:
+        metrics.update(trial.selection.observe(trial.model, trial.epoch))
+    if config.diagnostics:
+        metrics.update(diagnose(trial.model, trial.diagnostics_loader, trial.monitors, metrics, device=trial.device,
+                                max_examples=None))
+    return metrics

@@ -8,7 +8,8 @@ Layout (text diffs well in git; the only binary files are the stored models and 
     parent/, runs/<run name>/    the parent run and each trial run:
         run.json                 origin id, name, status, start/end time, params, tags, data sets, model step
         metrics.csv              every metric's whole history: key, step, timestamp (ms), value
-        artifacts/...            config.json, manifest.json, model/weights.pt, per_example/*.npz, report/
+        artifacts/...            config.json, manifest.json, model/weights.pt, per_example/*.npz, report/,
+                                 and an unfinished run's resume/checkpoint.pt (its trial resumes from it)
 
 A run keeps its *origin* id (the id in the store where it ran; an imported run carries it as its
 ``ieskips.imported_from`` tag), so importing a bundle twice, or into the store it came from, creates
@@ -39,7 +40,7 @@ from ieskips.errors import ConfigError
 from ..sweep.identity import IDENTITY_TAG, complete
 from ..sweep.lease import LEASE_TAG
 from ..sweep.spec import SweepSpec, parse_spec
-from .run_artifacts import MODEL_ARTIFACT, RESULTS_DIR, _register
+from .run_artifacts import MODEL_ARTIFACT, RESULTS_DIR, RESUME_ARTIFACT, _register
 from .tracking import ROLE_TAG, SWEEP_TAG, find_parent_run, sweep_trial_runs
 
 FORMAT, VERSION = "ieskips-results", 1
@@ -166,16 +167,19 @@ def _check_record(info, rel: str) -> None:
 
 
 def _check_artifacts(record: RunRecord) -> None:
-    """The stored model reads (its config gives the logged model's), the per-example results merge."""
+    """The stored model and the resume point read (the model's config gives the logged model's), the
+    per-example results merge."""
     from ieskips.evaluation import ExampleResults
     from ieskips.stored import read_model
 
     found = dict(record.artifacts)
-    if MODEL_ARTIFACT in found:
+    for name in (MODEL_ARTIFACT, RESUME_ARTIFACT):
         try:
-            record.config = TrialConfig.from_dict(read_model(found[MODEL_ARTIFACT])["config"])
+            state = read_model(found[name]) if name in found else None
         except ConfigError as err:
-            raise ConfigError(f"{record.path}/artifacts/{MODEL_ARTIFACT}: {err}") from None
+            raise ConfigError(f"{record.path}/artifacts/{name}: {err}") from None
+        if state is not None and name == MODEL_ARTIFACT:
+            record.config = TrialConfig.from_dict(state["config"])
     results = [local for name, local in record.artifacts if name.startswith(f"{RESULTS_DIR}/")]
     try:
         ExampleResults.from_files(results)

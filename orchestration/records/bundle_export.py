@@ -14,9 +14,11 @@ import yaml
 from ieskips import __version__
 from ieskips.errors import ConfigError
 
+from ..sweep.identity import complete
 from ..sweep.spec import SweepSpec
 from .bundle import BUNDLE_FILE, FORMAT, METRIC_COLUMNS, METRICS_FILE, RUN_FILE, SPEC_FILE, VERSION, _safe, local_key, \
     origin, sha256
+from .run_artifacts import RESUME_DIR
 from .tracking import find_parent_run, sweep_trial_runs
 
 
@@ -104,8 +106,10 @@ def _export_run(client, run, folder: Path) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(METRIC_COLUMNS)
         writer.writerows((k, s, t, repr(float(v))) for k, s, t, v in rows)
-    if client.list_artifacts(run.info.run_id):
-        client.download_artifacts(run.info.run_id, "", str(folder / "artifacts"))
+    done = complete(run)  # a finished run's resume point is history: its stored model is the result
+    for artifact in client.list_artifacts(run.info.run_id):
+        if not (done and artifact.path == RESUME_DIR):
+            client.download_artifacts(run.info.run_id, artifact.path, str(folder / "artifacts"))
 
 
 def _dataset(given) -> dict:

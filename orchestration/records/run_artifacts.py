@@ -5,7 +5,10 @@ Layout of a trial's artifacts (beside ``config.json`` and ``manifest.json``):
 - ``model/weights.pt``: config and weights (``ieskips.stored``), read with ``torch.load(weights_only=True)``;
 - ``per_example/<label>.npz``: per attack label (and ``natural``), which test examples the model got
   right, with their indices and the test set's identity. Append-only, one file per label, so that
-  evaluations at different times never rewrite each other's files.
+  evaluations at different times never rewrite each other's files;
+- ``resume/checkpoint.pt``: while the trial runs, its latest checkpoint (``ieskips.training``), rewritten
+  with each one, so that a trial whose machine and Tune storage are gone resumes from the store (or
+  from a bundle exported from it) instead of starting again. A finished run's is left out of bundles.
 The model is also registered as an MLflow 3 *logged model* of the run (shown in the run's UI), holding
 a pointer to the weights rather than a pickled copy: MLflow's own PyTorch flavour would need unsafe
 unpickling to load.
@@ -23,12 +26,13 @@ from ieskips.errors import ConfigError
 from ieskips.evaluation import ExampleResults
 from ieskips.stored import MODEL_FILE, read_model, save_model
 from ieskips.training import source_key
+from ieskips.training.checkpoint import CHECKPOINT_NAME
 
 from .tracking import EARLY_STOP_TAG, sweep_trial_runs
 
 log = logging.getLogger("ieskips")
-MODEL_DIR, RESULTS_DIR = "model", "per_example"
-MODEL_ARTIFACT = f"{MODEL_DIR}/{MODEL_FILE}"
+MODEL_DIR, RESULTS_DIR, RESUME_DIR = "model", "per_example", "resume"
+MODEL_ARTIFACT, RESUME_ARTIFACT = f"{MODEL_DIR}/{MODEL_FILE}", f"{RESUME_DIR}/{CHECKPOINT_NAME}"
 
 
 def store_model(client, run_id: str, config: TrialConfig, model, experiment_id: str, step: int) -> None:
@@ -52,6 +56,17 @@ def _register(client, run_id: str, config: TrialConfig, experiment_id: str, step
         client.log_model_artifacts(found.model_id, tmp)
     client.finalize_logged_model(found.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(found.model_id, step)])
+
+
+def store_resume_point(client, run_id: str, checkpoint: Path) -> None:
+    client.log_artifact(run_id, str(checkpoint), RESUME_DIR)
+
+
+def fetch_resume_point(client, run_id: str, folder: Path) -> Path | None:
+    """The run's stored checkpoint, downloaded into ``folder``; None where it has none."""
+    if not any(a.path == RESUME_ARTIFACT for a in client.list_artifacts(run_id, RESUME_DIR)):
+        return None
+    return Path(client.download_artifacts(run_id, RESUME_ARTIFACT, str(folder)))
 
 
 def has_model(client, run_id: str) -> bool:

@@ -3,7 +3,9 @@
 The trial writes its own MLflow run (workers get the tracking URI and the experiment id explicitly),
 found again by the trial's identity (``identity.py``): a retry after a node loss, a resumed sweep and
 a later ``sweep run`` that reruns a failed trial all continue the same run. Every epoch is reported to
-Tune with a checkpoint; a retry starts from the latest one.
+Tune with a checkpoint, and every checkpoint (those of the final evaluation's passes too) is also
+stored with the run (``run_artifacts.RESUME_ARTIFACT``): a retry starts from the further of the two,
+so a trial resumes where Tune's storage was lost with its machine, in a store the run was imported to.
 
 Errors a retry cannot fix (``NOT_RETRYABLE``: a config or import error, a data set missing on the
 node, divergence) end the trial at its first attempt: its run is FAILED with the one-line cause as
@@ -31,7 +33,8 @@ from ieskips.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .budget import WALL, cost, log_cost
 from .identity import LAUNCH_TAG, POINT_TAG, complete, identity, run_name, trial_config
 from ..records.manifest import manifest
-from ..records.run_artifacts import resolve_oracles, store_model, store_results
+from ..records.run_artifacts import fetch_resume_point, resolve_oracles, store_model, store_resume_point, \
+    store_results
 from ..records.system_metrics import SystemMetrics
 from ..records.tracking import (ERROR_TAG, find_trial_run, flat_params, last_logged_epoch, log_datasets, log_epoch,
                                 run_tags, trial_run)
@@ -86,9 +89,11 @@ def run_trial(params: dict, *, base: dict, sweep: dict) -> None:
             client.set_tag(run_id, f"ieskips.oracle.{label}", oracle_run)
         trial = Trial.build(config, oracles)
         log_datasets(client, run_id, config, trial.test.identity)
-        resume = _restore(tune.get_checkpoint(), workdir)
+        resume = _resume_point(tune.get_checkpoint(), client, run_id, workdir)
         if resume is not None:
-            client.set_tag(run_id, "ieskips.resumed_from_epoch", str(load_checkpoint(resume)["epoch"]))
+            state = load_checkpoint(resume)
+            client.set_tag(run_id, "ieskips.resumed_from_epoch", str(state["epoch"]))
+            client.set_tag(run_id, "ieskips.resumed_passes", str(_progress(state)[1]))
 
         def on_epoch(epoch, metrics, path):
             metrics = {**metrics, "epoch": epoch}
@@ -107,7 +112,7 @@ def run_trial(params: dict, *, base: dict, sweep: dict) -> None:
             tune.report({**metrics, **cost(spent(), cpu, gpu)}, checkpoint=checkpoint)
 
         train(config, on_epoch=on_epoch, checkpoint_dir=workdir / "out", resume_from=resume, progress=False,
-              trial=trial)
+              trial=trial, on_checkpoint=lambda path: store_resume_point(client, run_id, path))
     except NOT_RETRYABLE as err:
         _fail(client, run_id, err, spent(), cpu, gpu)
         if isinstance(err, TrainingDiverged):
@@ -142,11 +147,20 @@ def _params(config):
     return [Param(k, v) for k, v in flat_params(config).items()]
 
 
-def _restore(checkpoint, workdir: Path):
-    """Copy the latest Tune checkpoint's file out (its directory may be temporary); None if none."""
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        target = workdir / CHECKPOINT_NAME
-        shutil.copy(Path(folder) / CHECKPOINT_NAME, target)
-    return target
+def _resume_point(checkpoint, client, run_id: str, workdir: Path) -> Path | None:
+    """The further of the latest Tune checkpoint and the run's stored one (its file copied out: a Tune
+    checkpoint's directory may be temporary); None if there is neither."""
+    found = []
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            found.append(Path(shutil.copy(Path(folder) / CHECKPOINT_NAME, workdir / f"tune-{CHECKPOINT_NAME}")))
+    stored = fetch_resume_point(client, run_id, workdir / "stored")
+    if stored is not None:
+        found.append(stored)
+    return max(found, key=lambda path: _progress(load_checkpoint(path)), default=None)
+
+
+def _progress(state: dict) -> tuple[int, int]:
+    """How far a checkpoint is: epochs trained, then the final evaluation's passes made."""
+    stage = state.get("final_stage") or {}
+    return int(state["epoch"]), len(stage.get("final", {})) + len(stage.get("selected", {}))

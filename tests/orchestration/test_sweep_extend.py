@@ -191,7 +191,9 @@ def test_extend_by_a_seed_then_a_grid_value_runs_only_the_new_trials(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_trial_killed_for_good_is_rerun_alone_by_the_next_run(tmp_path):
+def test_a_trial_killed_for_good_resumes_alone_where_its_bundle_is_imported(tmp_path):
+    """The machine that ran it is gone (its Tune storage with it): the killed trial's run, carried in a
+    bundle with its last checkpoint, resumes from that checkpoint in the store it is imported to."""
     env, uri = ray_env(), f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = write_spec(tmp_path, name="kill", base={"epochs": 24}, retries=0,
                       grid={"ie_steps": [0, 1], "method": ["natural"]})
@@ -217,13 +219,22 @@ def test_a_trial_killed_for_good_is_rerun_alone_by_the_next_run(tmp_path):
     other = next(r for r in before.values() if r.info.run_id != killed.info.run_id)
     assert other.info.status == "FINISHED"
 
-    out = _launch(spec, tmp_path, env)
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    assert finish(cli("results", "export", str(spec), str(bundle), cwd=tmp_path, env=env))[0] == 0
+    carried = json.loads((bundle / "bundle.json").read_text())["files"]
+    assert f"runs/{killed.info.run_name}/artifacts/resume/checkpoint.pt" in carried
+    assert f"runs/{other.info.run_name}/artifacts/resume/checkpoint.pt" not in carried  # finished: its model is
+    elsewhere.mkdir()
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere / 'mlflow.db'}"}
+    assert finish(cli("results", "import", str(bundle), cwd=elsewhere, env=env))[0] == 0
+    out = _launch(spec, elsewhere, env)
     assert "2 trials in the file; 1 complete (skipped), 1 to run" in out
-    _, parents, trials = runs(uri, "ieskips-smoke")
+    _, parents, trials = runs(env["MLFLOW_TRACKING_URI"], "ieskips-smoke")
     after = _by_identity(trials)
     assert len(after) == 2 and all(r.info.status == "FINISHED" for r in after.values())
     rerun = after[target.data.tags["ieskips.identity"]]
-    assert rerun.info.run_id == killed.info.run_id and "ieskips.error" not in rerun.data.tags
+    assert rerun.data.tags["ieskips.imported_from"] == killed.info.run_id and "ieskips.error" not in rerun.data.tags
+    assert int(rerun.data.tags["ieskips.resumed_from_epoch"]) >= 2  # not from scratch
     assert after[other.data.tags["ieskips.identity"]].info.end_time == other.info.end_time
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 

@@ -105,6 +105,48 @@ def test_resume_keeps_the_selection(tmp_path):
     assert resumed == straight
 
 
+def test_a_final_evaluation_cut_short_resumes_with_only_its_missing_passes(tmp_path):
+    """A lost machine during the (long) final evaluation costs one attack's pass, not the last epoch and
+    every pass: each finished pass is checkpointed, and the resumed evaluation (same seeds per attack)
+    gives the results of one made whole."""
+    attacks = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2}]
+    config = TrialConfig.from_dict({**SMALL, "epochs": 2, "select_after": 0, "eval_attacks": attacks})
+    whole = Trial.build(config)
+    straight = train(config, trial=whole, progress=False)
+    saved = []
+
+    class Lost(Exception):
+        pass
+
+    def lose_after_the_fourth_pass(path):  # saves: epochs 1, 2, natural, fgsm, pgd, natural (selected)
+        saved.append(sorted(load_checkpoint(path).get("final_stage", {}).get("selected", [])))
+        if len(saved) == 6:
+            raise Lost
+
+    with pytest.raises(Lost):
+        train(config, checkpoint_dir=tmp_path, on_checkpoint=lose_after_the_fourth_pass, progress=False)
+    assert saved[-1] == ["natural"] and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    made = []
+    resumed = Trial.build(config)
+    import ieskips.evaluation as evaluation
+    real = evaluation.correct_masks
+
+    def counted(model, loader, attacks, *args, **kwargs):
+        made.append(tuple(attacks))
+        return real(model, loader, attacks, *args, **kwargs)
+
+    evaluation.correct_masks = counted
+    try:
+        again = train(config, trial=resumed, resume_from=tmp_path / "checkpoint.pt", progress=False)
+    finally:
+        evaluation.correct_masks = real
+    assert made == [("fgsm",), ("pgd2",)]  # the selected checkpoint's two attacks; nothing trained again
+    assert again == straight
+    for label in ("natural", "fgsm", "pgd2"):
+        assert torch.equal(resumed.results.masks[label], whole.results.masks[label])
+        assert torch.equal(resumed.selected_results.masks[label], whole.selected_results.masks[label])
+
+
 def test_training_sets_rotate_after_crop_and_flip_and_hold_out_plain_images(tmp_path):
     """The authors' CIFAR transform (utils.py:76-83): crop, flip, RandomRotation(15); the held-out split
     gets none of it."""
