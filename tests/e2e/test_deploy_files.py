@@ -147,6 +147,10 @@ def test_the_auth_config_keeps_an_odd_password_intact_and_grants_nothing_by_defa
     assert "p%25ss%40word%2Fwith%3Aodd@postgres:5432/mlflow_auth" in parsed["mlflow"]["database_uri"]
     assert parsed["mlflow"]["default_permission"] == "NO_PERMISSIONS"
     assert "admin_password" not in parsed["mlflow"]  # from the environment only
+    assert parsed["mlflow"]["auth_cache_ttl_seconds"] == "60"  # a password hash per request costs 0.2 s
+    off = configparser.ConfigParser()
+    off.read_string(module.auth_config({**SECRETS, "MLFLOW_AUTH_CACHE_TTL": "0"}))
+    assert off["mlflow"]["auth_cache_ttl_seconds"] == "0"
 
 
 # --- the image -------------------------------------------------------------------------------------------

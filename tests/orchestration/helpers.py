@@ -87,8 +87,9 @@ class MlflowServer:
         extra = []
         if admin_password:
             config = folder / "basic_auth.ini"
-            config.write_text("[mlflow]\ndefault_permission = READ\n"
-                              f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = admin\n")
+            config.write_text("[mlflow]\ndefault_permission = READ\n"  # as docker/start_mlflow.py, users in SQLite
+                              f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = admin\n"
+                              "auth_cache_ttl_seconds = 60\n")
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
                        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
             extra = ["--app-name", "basic-auth"]
