@@ -155,12 +155,14 @@ class Trial:
         """The last epoch's model, and with a selection the selected checkpoint, scored on the test examples
         with ``attacks``: the ``final/...`` and ``selected/...`` metrics; per-example results on ``results``
         and ``selected_results``. Each finished pass is kept in ``final_stage`` and saved (``save``), so a
-        trial resumed from that checkpoint makes only the passes still missing, with the same results."""
+        trial resumed from that checkpoint makes only the passes still missing, with the same results; the
+        passes' seconds add up in ``final_stage["seconds"]``."""
         stage = self.final_stage = self.final_stage or {"metrics": {}, "final": {}, "selected": {}}
+        began, before = time.perf_counter(), stage.get("seconds", 0.0)  # earlier attempts' passes
 
         def keep(part):
             def on_pass(masks):
-                stage[part] = masks
+                stage[part], stage["seconds"] = masks, before + time.perf_counter() - began
                 if save is not None:
                     save()
             return on_pass
@@ -270,8 +272,9 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
             on_epoch(trial.epoch, metrics, path)
     final = trial.final_evaluation(show, save)
     path = save()  # the finished state, even where every pass was made before a resume
-    if on_epoch is not None:
-        on_epoch(config.epochs, {**trial.final_stage["metrics"], **final}, path)
+    if on_epoch is not None:  # with the seconds the final evaluation took (sweep status counts them)
+        on_epoch(config.epochs, {**trial.final_stage["metrics"], **final,
+                                 "final_eval_time": trial.final_stage.get("seconds", 0.0)}, path)
     return final
 
 

@@ -198,7 +198,7 @@ def status(args) -> int:
     epochs = lambda run: int(run.data.params.get("epochs", 0) or 0)  # noqa: E731
     base = dict(spec.base)
     planned = [trial_config(base, p).epochs for p in todo.points]
-    left, per_new = time_left(runs, epochs, planned)
+    left, per_new, final = time_left(runs, epochs, planned)
     states = Counter(_state(r) for r in runs)
     unfinished = sum(1 for r in runs if not complete(r))  # running, failed or killed: rerun by `sweep run`
     not_started = max(0, todo.samples - unfinished)
@@ -214,8 +214,10 @@ def status(args) -> int:
     running = sum(v for k, v in left.items() if any(r.info.run_id == k and r.info.status == "RUNNING" for r in runs))
     todo_left = per_new * max(0, not_started) if per_new is not None else None
     total = None if todo_left is None and not_started > 0 else running + (todo_left or 0)
+    seen = (f"the epoch times and final evaluations ({hours(final)} each) seen so far" if final is not None else
+            "the epoch times seen so far; final evaluations not counted (no run has timed one yet)")
     print(f"time left: {hours(total)} of trial time ({hours(total / spec.max_concurrent if total else total)} "
-          f"at {spec.max_concurrent} trials at once), from the epoch times seen so far")
+          f"at {spec.max_concurrent} trials at once), from {seen}")
     if spec.budget:
         ledger = tuner.ledger_for(spec, runs)
         undone = f"; {not_started} trials left undone by it" if not_started > 0 and not ledger.admits() else ""

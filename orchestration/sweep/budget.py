@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 WALL, CPU_HOURS, GPU_HOURS = "cost/wall_s", "cost/cpu_hours", "cost/gpu_hours"
+FINAL_EVAL = "final_eval_time"  # seconds of a trial's final evaluation (ieskips.training.train)
 
 
 def cost(wall_s: float, cpu: float, gpu: float) -> dict:
@@ -102,23 +103,32 @@ class Ledger:
         return fits
 
 
-def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None]:
-    """Per run id, the estimated seconds its trial still needs; and the mean for a trial not started.
+def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None, float | None]:
+    """Per run id, the estimated seconds its trial still needs; the mean for a trial not started; and
+    the mean seconds of a final evaluation, None where no run has timed one yet.
 
-    From the epochs seen so far: a run's wall time per epoch (``cost/wall_s`` over its epochs logged)
-    times the epochs it lacks; a trial not started gets the mean seconds per epoch of every run times
-    its epochs (``planned_epochs``: theirs; the mean is returned per trial)."""
-    rates, left = [], {}
+    From what the runs have spent so far: a run's wall time per epoch (``cost/wall_s``, less its final
+    evaluation's ``final_eval_time``, over its epochs logged) times the epochs it lacks, plus the mean
+    final evaluation of the runs that made one; a trial not started gets the mean seconds per epoch of
+    every run times its epochs (``planned_epochs``: theirs; the mean is returned per trial) plus that."""
+    rates, finals, left = [], [], {}
     for run in runs:
         done = int(run.data.metrics.get("epoch", 0) or 0)
         wall = float(run.data.metrics.get(WALL, 0.0))
+        final = run.data.metrics.get(FINAL_EVAL)
+        if final is not None:
+            finals.append(float(final))
         if done and wall:
-            rates.append(wall / done)
-            left[run.info.run_id] = wall / done * max(0, epochs_of(run) - done)
+            rates.append((wall - float(final or 0.0)) / done)
+            left[run.info.run_id] = rates[-1] * max(0, epochs_of(run) - done)
+    final = sum(finals) / len(finals) if finals else None
+    for run in runs:
+        if run.info.run_id in left and int(run.data.metrics.get("epoch", 0) or 0) < epochs_of(run):
+            left[run.info.run_id] += final or 0.0  # its final evaluation is still to come
     rate = sum(rates) / len(rates) if rates else None
     planned = list(planned_epochs)
-    mean_new = rate * sum(planned) / len(planned) if rate is not None and planned else None
-    return left, mean_new
+    mean_new = rate * sum(planned) / len(planned) + (final or 0.0) if rate is not None and planned else None
+    return left, mean_new, final
 
 
 def hours(seconds: float | None) -> str:

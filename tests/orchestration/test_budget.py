@@ -83,17 +83,22 @@ def test_a_cap_that_admits_two_of_four_trials_runs_two_and_says_so(tmp_path):
 
 
 @pytest.mark.unit
-def test_time_left_comes_from_the_epoch_times_seen_so_far():
+def test_time_left_comes_from_the_epoch_times_and_final_evaluations_seen_so_far():
     from types import SimpleNamespace
 
     from orchestration.sweep.budget import hours, time_left
 
-    def run(run_id, epoch, wall):
-        return SimpleNamespace(info=SimpleNamespace(run_id=run_id),
-                               data=SimpleNamespace(metrics={"epoch": epoch, "cost/wall_s": wall}))
+    def run(run_id, epoch, wall, final=None):
+        metrics = {"epoch": epoch, "cost/wall_s": wall, **({"final_eval_time": final} if final is not None else {})}
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(metrics=metrics))
 
-    left, per_new = time_left([run("a", 2, 20.0), run("b", 4, 80.0), run("c", 0, 0.0)], lambda r: 10,
-                              planned_epochs=[10, 10])
+    left, per_new, final = time_left([run("a", 2, 20.0), run("b", 4, 80.0), run("c", 0, 0.0)], lambda r: 10,
+                                     planned_epochs=[10, 10])
     assert left == {"a": pytest.approx(80.0), "b": pytest.approx(120.0)}  # 10 s and 20 s per epoch so far
-    assert per_new == pytest.approx(150.0)  # the mean rate, 15 s per epoch, times 10 epochs
+    assert per_new == pytest.approx(150.0) and final is None  # the mean rate, 15 s per epoch, times 10 epochs
+    # A finished run's final evaluation (50 s) is not training: 10 s per epoch, and 50 s more for the others.
+    left, per_new, final = time_left([run("a", 2, 20.0), run("done", 10, 150.0, final=50.0)], lambda r: 10,
+                                     planned_epochs=[10])
+    assert final == pytest.approx(50.0) and left["a"] == pytest.approx(80.0 + 50.0) and left["done"] == 0
+    assert per_new == pytest.approx(10 * 10 + 50.0)
     assert hours(45) == "45s" and hours(600) == "10.0min" and hours(7200) == "2.0h" and hours(None) == "?"

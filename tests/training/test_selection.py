@@ -126,7 +126,7 @@ def test_a_final_evaluation_cut_short_resumes_with_only_its_missing_passes(tmp_p
     with pytest.raises(Lost):
         train(config, checkpoint_dir=tmp_path, on_checkpoint=lose_after_the_fourth_pass, progress=False)
     assert saved[-1] == ["natural"] and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
-    made = []
+    made, reported = [], []
     resumed = Trial.build(config)
     import ieskips.evaluation as evaluation
     real = evaluation.correct_masks
@@ -137,11 +137,15 @@ def test_a_final_evaluation_cut_short_resumes_with_only_its_missing_passes(tmp_p
 
     evaluation.correct_masks = counted
     try:
-        again = train(config, trial=resumed, resume_from=tmp_path / "checkpoint.pt", progress=False)
+        again = train(config, trial=resumed, resume_from=tmp_path / "checkpoint.pt", progress=False,
+                      on_epoch=lambda e, m, p: reported.append(m))
     finally:
         evaluation.correct_masks = real
     assert made == [("fgsm",), ("pgd2",)]  # the selected checkpoint's two attacks; nothing trained again
     assert again == straight
+    cut_short = load_checkpoint(tmp_path / "checkpoint.pt")["final_stage"]["seconds"]
+    assert len(reported) == 1  # the last epoch's report only: nothing trained again
+    assert reported[0]["final_eval_time"] >= cut_short > 0  # the lost attempt's passes count too
     for label in ("natural", "fgsm", "pgd2"):
         assert torch.equal(resumed.results.masks[label], whole.results.masks[label])
         assert torch.equal(resumed.selected_results.masks[label], whole.selected_results.masks[label])
