@@ -111,7 +111,7 @@ def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None, f
     evaluation's ``final_eval_time``, over its epochs logged) times the epochs it lacks, plus the mean
     final evaluation of the runs that made one; a trial not started gets the mean seconds per epoch of
     every run times its epochs (``planned_epochs``: theirs; the mean is returned per trial) plus that."""
-    rates, finals, left = [], [], {}
+    rates, finals, left, to_come = [], [], {}, []
     for run in runs:
         done = int(run.data.metrics.get("epoch", 0) or 0)
         wall = float(run.data.metrics.get(WALL, 0.0))
@@ -121,10 +121,11 @@ def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None, f
         if done and wall:
             rates.append((wall - float(final or 0.0)) / done)
             left[run.info.run_id] = rates[-1] * max(0, epochs_of(run) - done)
+            if done < epochs_of(run):
+                to_come.append(run.info.run_id)  # its final evaluation is still to come
     final = sum(finals) / len(finals) if finals else None
-    for run in runs:
-        if run.info.run_id in left and int(run.data.metrics.get("epoch", 0) or 0) < epochs_of(run):
-            left[run.info.run_id] += final or 0.0  # its final evaluation is still to come
+    for run_id in to_come:
+        left[run_id] += final or 0.0
     rate = sum(rates) / len(rates) if rates else None
     planned = list(planned_epochs)
     mean_new = rate * sum(planned) / len(planned) + (final or 0.0) if rate is not None and planned else None

@@ -89,11 +89,10 @@ def run_trial(params: dict, *, base: dict, sweep: dict) -> None:
             client.set_tag(run_id, f"ieskips.oracle.{label}", oracle_run)
         trial = Trial.build(config, oracles)
         log_datasets(client, run_id, config, trial.test.identity)
-        resume = _resume_point(tune.get_checkpoint(), client, run_id, workdir)
+        resume, (epoch, passes) = _resume_point(tune.get_checkpoint(), client, run_id, workdir)
         if resume is not None:
-            state = load_checkpoint(resume)
-            client.set_tag(run_id, "ieskips.resumed_from_epoch", str(state["epoch"]))
-            client.set_tag(run_id, "ieskips.resumed_passes", str(_progress(state)[1]))
+            client.set_tag(run_id, "ieskips.resumed_from_epoch", str(epoch))
+            client.set_tag(run_id, "ieskips.resumed_passes", str(passes))
 
         def on_epoch(epoch, metrics, path):
             metrics = {**metrics, "epoch": epoch}
@@ -147,9 +146,9 @@ def _params(config):
     return [Param(k, v) for k, v in flat_params(config).items()]
 
 
-def _resume_point(checkpoint, client, run_id: str, workdir: Path) -> Path | None:
+def _resume_point(checkpoint, client, run_id: str, workdir: Path) -> tuple[Path | None, tuple[int, int]]:
     """The further of the latest Tune checkpoint and the run's stored one (its file copied out: a Tune
-    checkpoint's directory may be temporary); None if there is neither."""
+    checkpoint's directory may be temporary), with how far it is; None and (0, 0) if there is neither."""
     found = []
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -157,7 +156,8 @@ def _resume_point(checkpoint, client, run_id: str, workdir: Path) -> Path | None
     stored = fetch_resume_point(client, run_id, workdir / "stored")
     if stored is not None:
         found.append(stored)
-    return max(found, key=lambda path: _progress(load_checkpoint(path)), default=None)
+    return max(((path, _progress(load_checkpoint(path))) for path in found), key=lambda pair: pair[1],
+               default=(None, (0, 0)))
 
 
 def _progress(state: dict) -> tuple[int, int]:
