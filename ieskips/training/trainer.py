@@ -30,6 +30,7 @@ from .selection import Selection, training_sets
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 Loader = Union[torch.utils.data.DataLoader, DeviceLoader]  # config.data_on_device picks
+TIMINGS = ("epoch_time", "images_per_sec", "final_eval_time")  # metrics of the machine: equal runs differ in them
 
 
 class TrainingDiverged(RuntimeError):

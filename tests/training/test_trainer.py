@@ -4,6 +4,7 @@ import pytest
 from ieskips.config import TrialConfig, load_config
 from ieskips.errors import ConfigError
 from ieskips.training import TrainingDiverged, load_checkpoint, train
+from ieskips.training.trainer import TIMINGS
 from tests.device import DEVICE
 
 pytestmark = pytest.mark.unit
@@ -59,7 +60,7 @@ def test_resume_gives_identical_metrics(tmp_path, on_device):
     rest = []
     resumed = train(stopped, on_epoch=lambda e, m, p: rest.append(m), checkpoint_dir=tmp_path,
                     resume_from=tmp_path / "checkpoint.pt", progress=False)
-    drop = lambda m: {k: v for k, v in m.items() if k not in ("epoch_time", "images_per_sec")}  # noqa: E731
+    drop = lambda m: {k: v for k, v in m.items() if k not in TIMINGS}  # noqa: E731
     assert [drop(m) for m in first + rest] == [drop(m) for m in straight]
     assert resumed == final
 
