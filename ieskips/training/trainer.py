@@ -30,7 +30,8 @@ from .selection import Selection, training_sets
 
 EpochCallback = Callable[[int, dict, Optional[Path]], None]
 Loader = Union[torch.utils.data.DataLoader, DeviceLoader]  # config.data_on_device picks
-TIMINGS = ("epoch_time", "images_per_sec", "final_eval_time")  # metrics of the machine: equal runs differ in them
+FINAL_EVAL_TIME = "final_eval_time"  # seconds of the final evaluation, read by orchestration.sweep.budget
+TIMINGS = ("epoch_time", "images_per_sec", FINAL_EVAL_TIME)  # metrics of the machine: equal runs differ in them
 
 
 class TrainingDiverged(RuntimeError):
@@ -275,7 +276,7 @@ def train(config: TrialConfig, *, on_epoch: EpochCallback | None = None, checkpo
     path = save()  # the finished state, even where every pass was made before a resume
     if on_epoch is not None:  # with the seconds the final evaluation took (sweep status counts them)
         on_epoch(config.epochs, {**trial.final_stage["metrics"], **final,
-                                 "final_eval_time": trial.final_stage.get("seconds", 0.0)}, path)
+                                 FINAL_EVAL_TIME: trial.final_stage.get("seconds", 0.0)}, path)
     return final
 
 
