@@ -189,7 +189,7 @@ def resume(args) -> int:
 def status(args) -> int:
     """Trials by state, each with its identity, the time it used and the time it has left."""
     from ..sweep import tuner
-    from ..sweep.budget import hours, time_left
+    from ..sweep.budget import hours, time_left, total_left
     from ..sweep.identity import IDENTITY_TAG, complete, pending, trial_config
 
     spec, tracking, _ = _named(args)
@@ -200,20 +200,17 @@ def status(args) -> int:
     planned = [trial_config(base, p).epochs for p in todo.points]
     left, per_new, final = time_left(runs, epochs, planned)
     states = Counter(_state(r) for r in runs)
-    unfinished = sum(1 for r in runs if not complete(r))  # running, failed or killed: rerun by `sweep run`
-    not_started = max(0, todo.samples - unfinished)
+    unfinished = [r.info.run_id for r in runs if not complete(r)]  # running, failed or killed: rerun by `sweep run`
+    not_started = max(0, todo.samples - len(unfinished))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     print(f"sweep {spec.name}: {counts or 'no runs'}" + (f", {not_started} not started" if not_started > 0 else ""))
     print(f"{'state':<10}{'name':<44}{'identity':<18}{'epochs':>8}{'used':>9}{'left':>9}")
     for run in sorted(runs, key=lambda r: (_state(r), r.info.run_name or "")):
         done = int(run.data.metrics.get("epoch", 0) or 0)
-        rest = left.get(run.info.run_id) if run.info.status == "RUNNING" else 0
+        rest = left.get(run.info.run_id, per_new) if run.info.run_id in unfinished else 0
         print(f"{_state(run):<10}{(run.info.run_name or '')[:43]:<44}{run.data.tags.get(IDENTITY_TAG, '?'):<18}"
-              f"{f'{done}/{epochs(run)}':>8}{hours(run.data.metrics.get('cost/wall_s')):>9}"
-              f"{hours(rest) if rest is not None else '?':>9}")
-    running = sum(v for k, v in left.items() if any(r.info.run_id == k and r.info.status == "RUNNING" for r in runs))
-    todo_left = per_new * max(0, not_started) if per_new is not None else None
-    total = None if todo_left is None and not_started > 0 else running + (todo_left or 0)
+              f"{f'{done}/{epochs(run)}':>8}{hours(run.data.metrics.get('cost/wall_s')):>9}{hours(rest):>9}")
+    total = total_left(left, unfinished, per_new, not_started)
     seen = (f"the epoch times and final evaluations ({hours(final)} each) seen so far" if final is not None else
             "the epoch times seen so far; final evaluations not counted (no run has timed one yet)")
     print(f"time left: {hours(total)} of trial time ({hours(total / spec.max_concurrent if total else total)} "

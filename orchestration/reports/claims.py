@@ -125,7 +125,7 @@ def table(long: pd.DataFrame) -> pd.DataFrame:
     lines = []
     for _, part in long.groupby("claim", sort=True):
         first = part.iloc[0]
-        cells = {r["under"]: _cell(r) for _, r in part.iterrows()}
+        cells = {r["under"]: cell(r) for _, r in part.iterrows()}
         lines.append({"Claim": first["statement"].replace("|", "/"),
                       "Comparison": f"{first['row']} vs {first['beats']}, {first['column']}",
                       "Paper's attack": cells["paper's attack"],
@@ -134,7 +134,8 @@ def table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(lines).set_index("Claim")
 
 
-def _cell(record) -> str:
+def cell(record) -> str:
+    """One measure of a claim: its verdict, the gap and its interval."""
     if not record["n"]:
         return f"{NOT_SHOWN} (no seed pairs)"
     if record["n"] < 2:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ieskips.errors import ConfigError
 
-from . import claims
+from . import against_paper, claims
 from ..sweep.spec import Report, ReportColumn, SweepSpec
 from ..records.tracking import TRIAL_TAG, find_parent_run, sweep_trial_runs
 
@@ -69,6 +69,7 @@ def _record(label, col, values, published, state, good) -> dict:
     mean = values.mean() if len(values) else math.nan
     return {"row": label, "column": col.label, "metric": col.metric, "x": col.x, "n": len(values), "mean": mean,
             "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+            "min": values.min() if len(values) else math.nan, "max": values.max() if len(values) else math.nan,
             "published": math.nan if published is None else float(published),
             "diff": mean - published if published is not None and len(values) else math.nan, "state": state,
             "run_ids": " ".join(good.loc[values.index, "run_id"]) if len(values) else ""}
@@ -252,11 +253,13 @@ def write_report(spec: SweepSpec, tracking_uri: str, out: Path, log_to_parent: b
     out.mkdir(parents=True, exist_ok=True)
     stem = out / spec.name
     text = markdown(table, report.title) + (f"\n{report.note}\n" if report.note else "")
+    checked = claims.check(report, lambda match: _usable(_matching(runs, match)))
+    plain = against_paper.paragraph(long, checked)
+    text += f"\n{plain}" if plain else ""
     gap = gaps(runs, report)
     if not gap.empty:
         text += "\n" + markdown(gap.set_index("row").round(2).astype(str),
                                  "IE vs vanilla, percentage points (seed-paired, 95% CI)")
-    checked = claims.check(report, lambda match: _usable(_matching(runs, match)))
     if not checked.empty:
         text += "\n" + markdown(claims.table(checked), claims.TITLE, "Claim") + claims.LEGEND
     files = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex"),

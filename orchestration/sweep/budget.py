@@ -132,6 +132,14 @@ def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None, f
     return left, mean_new, final
 
 
+def total_left(left: dict, unfinished_ids, per_new: float | None, not_started: int) -> float | None:
+    """Seconds of trial time a sweep still needs, from :func:`time_left`'s estimates: each unfinished run's
+    (a killed or failed one too: `sweep run` continues it from its checkpoint; one that timed no epoch
+    counts as a new trial) and ``per_new`` for each trial not started; None where one cannot be guessed."""
+    rests = [left.get(run_id, per_new) for run_id in unfinished_ids] + [per_new] * not_started
+    return None if None in rests else sum(rests)
+
+
 def hours(seconds: float | None) -> str:
     if seconds is None:
         return "?"

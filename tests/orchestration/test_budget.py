@@ -102,3 +102,14 @@ def test_time_left_comes_from_the_epoch_times_and_final_evaluations_seen_so_far(
     assert final == pytest.approx(50.0) and left["a"] == pytest.approx(80.0 + 50.0) and left["done"] == 0
     assert per_new == pytest.approx(10 * 10 + 50.0)
     assert hours(45) == "45s" and hours(600) == "10.0min" and hours(7200) == "2.0h" and hours(None) == "?"
+
+
+def test_total_left_counts_killed_runs_and_those_not_started():
+    from orchestration.sweep.budget import total_left
+
+    left = {"killed": 300.0, "running": 100.0, "done": 0.0}
+    # a killed run is continued by `sweep run`: its rest counts (it was left out once, so a resumed Table 1
+    # showed half its hours); one that timed no epoch and one not started each count as a new trial
+    assert total_left(left, ["killed", "running", "untimed"], 50.0, not_started=2) == pytest.approx(550.0)
+    assert total_left(left, ["killed"], None, not_started=0) == pytest.approx(300.0)
+    assert total_left(left, ["killed"], None, not_started=1) is None  # no rate seen to guess a new trial by

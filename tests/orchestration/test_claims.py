@@ -16,9 +16,9 @@ from .test_report_golden import SPEC as GOLDEN
 
 pytestmark = pytest.mark.unit
 
-ROWS = [{"label": "ResNet", "match": {"ie_steps": 0}}, {"label": "IE-up", "match": {"ie_steps": 1}},
-        {"label": "IE-flat", "match": {"ie_steps": 2}}, {"label": "IE-down", "match": {"ie_steps": 3}},
-        {"label": "IE-one-seed", "match": {"ie_steps": 5}}]
+ROWS = [{"label": "ResNet", "match": {"ie_steps": 0}, "published": [91.0, 60.0]},
+        {"label": "IE-up", "match": {"ie_steps": 1}}, {"label": "IE-flat", "match": {"ie_steps": 2}},
+        {"label": "IE-down", "match": {"ie_steps": 3}}, {"label": "IE-one-seed", "match": {"ie_steps": 5}, "published": [95.0]}]
 COLUMNS = [{"label": "Natural Acc (%)", "metric": "final/natural_acc"},
            {"label": "Robust Acc (%)", "metric": "final/robust_acc/fgsm"},
            {"label": "Robust Acc, selected (%)", "metric": "selected/robust_acc/fgsm"}]
@@ -106,6 +106,19 @@ def test_supported_not_shown_and_reversed(store, tmp_path):
     assert "reversed: -4.00" in text and "not comparable (-3.00)" in text and "not shown: +10.00 (n=1)" in text
     assert "report/claims_claims.csv" in {a.path for a in client.list_artifacts(parent, "report")}
     assert tmp_path / "claims_claims.csv" in files
+
+    # the same, said plainly in the report's note, with the published numbers against our seeds' range
+    plain = [line[2:] for line in text.split("### Against the paper\n\n")[1].split("\n\n")[0].splitlines()]
+    assert plain[0] == ("ResNet, 3 seeds: Natural Acc (%): the paper's 91.00 within ours (90.00 to 94.00); "
+                        "Robust Acc (%): ours lower on every seed (50.00 to 54.00 vs the paper's 60.00).")
+    assert plain[1] == ("IE-one-seed, 1 seed (no spread to judge by yet): Natural Acc (%) 90.00 vs the paper's "
+                        "95.00.")
+    assert plain[2].startswith("Reproduced only under the paper's attack, not under the worst case: IE-up over "
+                               "ResNet on Robust Acc (%): under the paper's attack supported: +5.00 [")
+    assert plain[3].startswith("Not reproduced: IE-flat") and plain[4].startswith("Contradicted: IE-down")
+    assert plain[5].startswith("Not reproduced: IE-one-seed") and "(n=1)" in plain[5]
+    assert plain[6].startswith("Reproduced: IE-up over ResNet on Robust Acc, selected (%)")
+    assert plain[7].startswith("Not reproduced: IE-up over ResNet on Natural Acc (%)") and "worst" not in plain[7]
 
 
 def test_a_figure_pairs_by_seed_and_its_x_and_a_claim_can_fix_x(store, tmp_path):
