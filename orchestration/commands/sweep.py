@@ -210,11 +210,11 @@ def status(args) -> int:
         rest = left.get(run.info.run_id, per_new) if run.info.run_id in unfinished else 0
         print(f"{_state(run):<10}{(run.info.run_name or '')[:43]:<44}{run.data.tags.get(IDENTITY_TAG, '?'):<18}"
               f"{f'{done}/{epochs(run)}':>8}{hours(run.data.metrics.get('cost/wall_s')):>9}{hours(rest):>9}")
-    total = total_left(left, unfinished, per_new, not_started)
+    total, wall = total_left(left, unfinished, per_new, not_started, spec.max_concurrent)
     seen = (f"the epoch times and final evaluations ({hours(final)} each) seen so far" if final is not None else
             "the epoch times seen so far; final evaluations not counted (no run has timed one yet)")
-    print(f"time left: {hours(total)} of trial time ({hours(total / spec.max_concurrent if total else total)} "
-          f"at {spec.max_concurrent} trials at once), from {seen}")
+    print(f"time left: {hours(total)} of trial time ({hours(wall)} of the machine at {spec.max_concurrent} "
+          f"trials at once), from {seen}")
     if spec.budget:
         ledger = tuner.ledger_for(spec, runs)
         undone = f"; {not_started} trials left undone by it" if not_started > 0 and not ledger.admits() else ""

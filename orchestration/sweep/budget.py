@@ -132,12 +132,17 @@ def time_left(runs, epochs_of, planned_epochs=()) -> tuple[dict, float | None, f
     return left, mean_new, final
 
 
-def total_left(left: dict, unfinished_ids, per_new: float | None, not_started: int) -> float | None:
-    """Seconds of trial time a sweep still needs, from :func:`time_left`'s estimates: each unfinished run's
-    (a killed or failed one too: `sweep run` continues it from its checkpoint; one that timed no epoch
-    counts as a new trial) and ``per_new`` for each trial not started; None where one cannot be guessed."""
+def total_left(left: dict, unfinished_ids, per_new: float | None, not_started: int,
+               slots: int = 1) -> tuple[float | None, float | None]:
+    """Seconds a sweep still needs, from :func:`time_left`'s estimates: of trial time, each unfinished
+    run's (a killed or failed one too: `sweep run` continues it from its checkpoint; one that timed no
+    epoch counts as a new trial) and ``per_new`` for each trial not started; and of the machine, with
+    ``slots`` trials at once, no less than the longest one. None where one trial cannot be guessed."""
     rests = [left.get(run_id, per_new) for run_id in unfinished_ids] + [per_new] * not_started
-    return None if None in rests else sum(rests)
+    if None in rests:
+        return None, None
+    total = sum(rests)
+    return total, max([total / max(1, min(slots, len(rests))), *rests])
 
 
 def hours(seconds: float | None) -> str:
