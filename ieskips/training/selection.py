@@ -65,11 +65,19 @@ class Selection:
         ``on_pass``: as ``evaluate_examples``'s (a final evaluation resumed)."""
         model = trial.model
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        def saved(masks):  # a pass's checkpoint holds the model's own weights: a resumed trial stores those
+            model.load_state_dict(current)
+            try:
+                on_pass(masks)
+            finally:
+                model.load_state_dict(self.weights)
+
         model.load_state_dict(self.weights)
         try:
             results = evaluate_examples(model, trial.test_loader, trial.attacks, trial.device,
                                         identity=trial.test.identity, indices=trial.test.indices, progress=progress,
-                                        seed=trial.config.seed, done=done, on_pass=on_pass)
+                                        seed=trial.config.seed, done=done, on_pass=saved if on_pass else None)
         finally:
             model.load_state_dict(current)
         metrics = {f"selected/{k}": v for k, v in results.accuracies().items()}

@@ -118,14 +118,23 @@ def test_a_final_evaluation_cut_short_resumes_with_only_its_missing_passes(tmp_p
     class Lost(Exception):
         pass
 
+    weights = []
+
     def lose_after_the_fourth_pass(path):  # saves: epochs 1, 2, natural, fgsm, pgd, natural (selected)
-        saved.append(sorted(load_checkpoint(path).get("final_stage", {}).get("selected", [])))
+        state = load_checkpoint(path)
+        saved.append(sorted(state.get("final_stage", {}).get("selected", [])))
+        weights.append(state["model"])
         if len(saved) == 6:
             raise Lost
 
     with pytest.raises(Lost):
         train(config, checkpoint_dir=tmp_path, on_checkpoint=lose_after_the_fourth_pass, progress=False)
     assert saved[-1] == ["natural"] and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    # a pass of the selected checkpoint saves the model's own (last epoch's) weights, not the selected ones
+    # it is scoring: else the resumed trial stores the selected model as its last epoch's
+    assert straight["selected/epoch"] == 1  # the selected weights differ from the last epoch's
+    for state in weights[2:]:
+        assert all(torch.equal(state[k], v) for k, v in whole.model.state_dict().items())
     made, reported = [], []
     resumed = Trial.build(config)
     import ieskips.evaluation as evaluation
@@ -143,6 +152,7 @@ def test_a_final_evaluation_cut_short_resumes_with_only_its_missing_passes(tmp_p
         evaluation.correct_masks = real
     assert made == [("fgsm",), ("pgd2",)]  # the selected checkpoint's two attacks; nothing trained again
     assert again == straight
+    assert all(torch.equal(resumed.model.state_dict()[k], v) for k, v in whole.model.state_dict().items())
     cut_short = load_checkpoint(tmp_path / "checkpoint.pt")["final_stage"]["seconds"]
     assert len(reported) == 1  # the last epoch's report only: nothing trained again
     assert reported[0]["final_eval_time"] >= cut_short > 0  # the lost attempt's passes count too
