@@ -112,7 +112,8 @@ def test_total_left_counts_killed_runs_and_those_not_started():
     # showed half its hours); one that timed no epoch and one not started each count as a new trial
     total, wall = total_left(left, ["killed", "running", "untimed"], 50.0, not_started=2, slots=2)
     assert total == pytest.approx(550.0) and wall == pytest.approx(300.0)  # the killed one is the longest
-    assert total_left(left, ["running"], 50.0, not_started=3, slots=2) == (pytest.approx(250.0), pytest.approx(125.0))
+    assert total_left(left, ["running"], 50.0, not_started=3, slots=2) == (pytest.approx(250.0),
+                                                                          pytest.approx(125.0))
     assert total_left(left, ["killed"], None, not_started=0, slots=8) == (pytest.approx(300.0), pytest.approx(300.0))
     assert total_left(left, ["killed"], None, not_started=1) == (None, None)  # no rate seen to guess a new trial by
     assert total_left(left, [], None, not_started=0) == (0, 0)  # nothing left

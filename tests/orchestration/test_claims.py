@@ -18,7 +18,8 @@ pytestmark = pytest.mark.unit
 
 ROWS = [{"label": "ResNet", "match": {"ie_steps": 0}, "published": [91.0, 60.0]},
         {"label": "IE-up", "match": {"ie_steps": 1}}, {"label": "IE-flat", "match": {"ie_steps": 2}},
-        {"label": "IE-down", "match": {"ie_steps": 3}}, {"label": "IE-one-seed", "match": {"ie_steps": 5}, "published": [95.0]}]
+        {"label": "IE-down", "match": {"ie_steps": 3}},
+        {"label": "IE-one-seed", "match": {"ie_steps": 5}, "published": [95.0]}]
 COLUMNS = [{"label": "Natural Acc (%)", "metric": "final/natural_acc"},
            {"label": "Robust Acc (%)", "metric": "final/robust_acc/fgsm"},
            {"label": "Robust Acc, selected (%)", "metric": "selected/robust_acc/fgsm"}]
